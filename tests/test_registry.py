@@ -1,0 +1,79 @@
+"""The registry and third-party plugin discovery through entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from xbench.registry import Registry, UnknownNameError
+
+
+def test_register_get_and_describe():
+    reg = Registry("widget")
+
+    @reg.register("b", description="the b widget", models="cnn")
+    def make_b():
+        return "b"
+
+    @reg.register("a")
+    def make_a():
+        """First line of the docstring.
+
+        More text."""
+        return "a"
+
+    assert reg.names() == ["a", "b"]
+    assert reg.build("b") == "b"
+    assert reg.get("a").description == "First line of the docstring."
+    assert reg.get("b").meta == {"models": "cnn"}
+    assert "a" in reg and "c" not in reg
+
+
+def test_unknown_name_lists_the_known_ones_and_duplicates_raise():
+    reg = Registry("widget")
+    reg.register("alpha")(lambda: 1)
+    reg.register("beta")(lambda: 2)
+    with pytest.raises(UnknownNameError, match="unknown widget 'gamma'; known widgets: alpha, beta"):
+        reg.get("gamma")
+    with pytest.raises(ValueError, match="widget 'alpha' is already registered"):
+        reg.register("alpha")(lambda: 3)
+
+
+def test_plugin_package_appears_in_xbench_list(tmp_path):
+    """A plugin installed as a distribution with an `xbench.methods` entry point is discovered."""
+    pkg = tmp_path / "xbench_toyplugin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        import torch
+        from xbench.registry import register_model
+
+        @register_model("toynet", description="a plugin model from outside xbench")
+        def build_toynet(num_classes, width=4):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+    '''))
+    dist = tmp_path / "xbench_toyplugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xbench-toyplugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[xbench.methods]\ntoy = xbench_toyplugin\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "xbench.cli", "list", "models"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "toynet" in out and "a plugin model from outside xbench" in out
+    code = "import xbench; m = xbench.build_model('toynet', num_classes=3, width=2); print(type(m).__name__)"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "Sequential"
+
+
+def test_broken_plugin_is_reported_not_fatal(tmp_path):
+    dist = tmp_path / "broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[xbench.methods]\nbroken = no_such_module_anywhere\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "xbench.cli", "list"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0
+    assert "plugin 'broken'" in run.stderr and "failed to load" in run.stderr

@@ -1,0 +1,62 @@
+"""xbench: benchmark visual explanations of ante-hoc (INTR, ICN, CA-Stream) and post-hoc methods.
+
+Public API::
+
+    xbench.list_models(); xbench.list_explainers(); xbench.list_metrics()
+    model = xbench.build_model("intr", num_classes=200, **overrides)
+    explainer = xbench.build_explainer("gradcam", model, **overrides)
+    maps = explainer(images, targets)        # (B, h, w) float, >= 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import check_builder_options
+from .registry import (
+    DATASETS,
+    EXPLAINERS,
+    METRICS,
+    MODELS,
+    register_dataset,
+    register_explainer,
+    register_metric,
+    register_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build_model", "build_explainer", "list_models", "list_explainers", "list_metrics", "list_datasets",
+    "register_model", "register_explainer", "register_metric", "register_dataset", "__version__",
+]
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def list_explainers() -> list[str]:
+    return EXPLAINERS.names()
+
+
+def list_metrics() -> list[str]:
+    return METRICS.names()
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def build_model(name: str, num_classes: int, **overrides: Any):
+    """A registered model (an nn.Module returning logits (B, num_classes)) built with `overrides`."""
+    entry = MODELS.get(name)
+    check_builder_options(entry.factory, overrides)
+    return entry.factory(num_classes=num_classes, **overrides)
+
+
+def build_explainer(name: str, model, **overrides: Any):
+    """A registered explainer bound to `model`: callable (images, targets) -> (B, h, w) maps >= 0."""
+    entry = EXPLAINERS.get(name)
+    check_builder_options(entry.factory, {"model": model, **overrides}, section=f"explainer {name}")
+    return entry.factory(model=model, **overrides)

@@ -1,0 +1,152 @@
+"""The `xbench` command: parse, load the config, call the library. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import List
+
+import typer
+
+from .config import ConfigError, load_config
+
+app = typer.Typer(
+    help="Benchmark visual explanations: train ante-hoc models (INTR, ICN, CA-Stream) and CNNs, explain them "
+    "post hoc (Grad-CAM family, captum, RISE), score every explanation, and write leaderboards and figures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate the synthetic benchmark and check datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file layered over the defaults (repeatable).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override one value, e.g. --set train.epochs=1 (repeatable).")
+DatasetOpt = typer.Option(None, "--dataset", "-d", help="Dataset name (shorthand for --set dataset.name=...).")
+RootOpt = typer.Option(None, "--data-root", help="Folder holding the dataset (shorthand for dataset.root).")
+
+
+def _friendly_errors(func):
+    """Turn the errors a user can fix into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from .datasets.base import DatasetError
+        from .registry import UnknownNameError
+
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, DatasetError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError) as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def resolve_config(config: list[str] | None, sets: list[str] | None, **shorthands: str | None):
+    """--config files, then shorthand flags (dataset=..., data_root=...), then --set values."""
+    keys = {"dataset": "dataset.name", "data_root": "dataset.root", "method": "model.name"}
+    overrides = [f"{keys[k]}={v}" for k, v in shorthands.items() if v is not None]
+    return load_config(config or [], overrides + list(sets or []))
+
+
+@app.command("list")
+@_friendly_errors
+def list_cmd(kind: str = typer.Argument("all", help="models, explainers, metrics, datasets or all")) -> None:
+    """Print the registered models, explainers, metrics and datasets with a one-line description each."""
+    from .registry import DATASETS, EXPLAINERS, METRICS, MODELS
+
+    registries = {"models": MODELS, "explainers": EXPLAINERS, "metrics": METRICS, "datasets": DATASETS}
+    if kind != "all" and kind not in registries:
+        raise ValueError(f"unknown kind {kind!r}; choose one of: all, {', '.join(registries)}")
+    for name, registry in registries.items():
+        if kind not in ("all", name):
+            continue
+        typer.secho(name, bold=True)
+        entries = registry.entries()
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            extra = f"  [models: {entry.meta['models']}]" if "models" in entry.meta else ""
+            typer.echo(f"  {entry.name:<{width}}  {entry.description}{extra}")
+        if not entries:
+            typer.echo("  (none)")
+
+
+@data_app.command("synth")
+@_friendly_errors
+def data_synth(
+    out: Path = typer.Option(..., help="Folder to write the benchmark to (CUB layout)."),
+    classes: int = typer.Option(12, help="Number of classes."),
+    size: int = typer.Option(96, help="Image side in pixels."),
+    train_per_class: int = typer.Option(200, help="Training images per class."),
+    test_per_class: int = typer.Option(40, help="Test images per class."),
+    seed: int = typer.Option(0, help="Seed: image j depends only on (seed, j)."),
+    preset: str = typer.Option("default", help="Difficulty preset: default, hard or many."),
+    workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing tree with other settings."),
+) -> None:
+    """Write the synthetic part-annotated benchmark (readable by the `cub` loader)."""
+    import os
+
+    from .datasets.synth import SynthSettings, generate
+
+    settings = SynthSettings(classes, size, train_per_class, test_per_class, seed, preset)
+    root = generate(out, settings, workers=workers or os.cpu_count() or 1, overwrite=overwrite)
+    typer.echo(f"wrote {settings.num_images} images ({classes} classes, {size}px, preset {preset}) to {root}")
+
+
+@data_app.command("check")
+@_friendly_errors
+def data_check(
+    dataset: str | None = DatasetOpt,
+    data_root: str | None = RootOpt,
+    split: List[str] | None = typer.Option(None, help="Split(s) to check (default: train and eval split)."),
+    config: List[Path] | None = ConfigOpt,
+    set_: List[str] | None = SetOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every class's count."),
+) -> None:
+    """Validate a dataset: counts per split and class, image sizes, and unreadable files."""
+    from .datasets import build_dataset, check_dataset
+
+    _setup_logging()
+    cfg = resolve_config(config, set_, dataset=dataset, data_root=data_root)
+    splits = split or [cfg.dataset.train_split, cfg.dataset.eval_split]
+    problems = 0
+    for name in splits:
+        report = check_dataset(build_dataset(cfg.dataset, name), cfg.dataset.name, name)
+        counts = list(report.per_class.values())
+        typer.secho(f"{report.name}/{report.split}: {report.num_images} images, {report.num_classes} classes",
+                    bold=True)
+        if counts:
+            typer.echo(f"  images per class: min {min(counts)}, max {max(counts)}")
+        if report.sizes:
+            s = report.sizes
+            typer.echo(f"  image size: height {s['min_height']}-{s['max_height']} (mean {s['mean_height']:.0f}), "
+                       f"width {s['min_width']}-{s['max_width']} (mean {s['mean_width']:.0f})")
+        if verbose:
+            for cls, n in report.per_class.items():
+                typer.echo(f"    {n:6d}  {cls}")
+        empty = [c for c, n in report.per_class.items() if n == 0]
+        if empty:
+            typer.echo(f"  classes without images: {', '.join(empty)}")
+        for problem in report.problems:
+            typer.secho(f"  problem: {problem.path}: {problem.reason}", fg=typer.colors.YELLOW)
+        problems += len(report.problems)
+    if problems:
+        typer.secho(f"{problems} problem(s) found; unreadable files are skipped during training and evaluation",
+                    fg=typer.colors.YELLOW)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Configuration: dataclass sections, YAML layers and `--set a.b=c` overrides.
+
+Layers, lowest first: the dataclass defaults, ``configs/datasets/<dataset>.yaml`` (by
+dataset name, else by dataset.format),
+``configs/models/<model>.yaml`` (the model's recipe), each ``--config`` file, then each
+``--set`` override. Unknown keys raise `ConfigError` naming the key and the valid ones.
+The `model` section is open: besides `name` it takes the keyword arguments of the
+registered model builder, validated against that builder's signature.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied."""
+
+
+def config_dir() -> Path:
+    """Where the YAML recipes live: $XBENCH_CONFIG_DIR, else the repository's configs/."""
+    env = os.environ.get("XBENCH_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class SynthConfig:
+    """Generation settings of the synthetic benchmark (used when dataset.format is synth)."""
+
+    classes: int = 12
+    size: int = 96
+    train_per_class: int = 200
+    test_per_class: int = 40
+    seed: int = 0
+    preset: str = "default"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synth"
+    format: str = ""  # loader: cub | folder | imagenet | synth; empty means "same as name"
+    root: str = ""  # folder holding the data; for synth, where it is generated
+    image_size: int = 96
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_transform: str = "flip"  # none | flip | crop | detr
+    eval_transform: str = "resize"  # resize | centre_crop | detr
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_workers: int = 0
+    cache_images: bool = False  # keep decoded images in memory (small datasets)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    @property
+    def loader(self) -> str:
+        return self.format or self.name
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    backbone_lr: float | None = None  # None: same as lr
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | step | constant
+    step_epochs: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    clip_grad: float | None = None
+    label_smoothing: float = 0.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = True  # applied to CNN-only models on CUDA
+    compile: bool = False
+    max_steps: int | None = None  # stop (resumably) after this many optimiser steps
+    log_tensorboard: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    methods: list[str] = field(default_factory=lambda: ["gradcam"])
+    protocol: str = "ca_stream"  # ca_stream | rise
+    target: str = "gt"  # gt | pred
+    split: str = ""  # empty: dataset.eval_split
+    limit: int | None = None
+    batch_size: int = 32
+    shard_size: int = 256
+    metrics: list[str] = field(default_factory=lambda: ["all"])
+    memory_budget_mb: int = 1024
+    saliency_samples: int = 16
+    top_k: int = 5
+    parameter_randomisation: bool = False
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    explainers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: str = ""  # empty: results/<dataset>
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    output_dir: str = "runs"
+    seed: int = 0
+
+    def run_dir(self) -> Path:
+        """Where training writes: <output_dir>/<dataset>/<model>/."""
+        return Path(self.output_dir) / self.dataset.name / self.model.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        model = data.pop("model")
+        data["model"] = {"name": model["name"], **model["options"]}
+        return _plain(data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the resolved config as YAML (readable, and loadable by `load_config`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=c' -> (['a', 'b'], c) with c parsed as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _overrides_to_layer(overrides: list[str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r} sets a key below a value")
+        node[path[-1]] = value
+    return layer
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _peek(layers: list[dict[str, Any]], section: str, key: str, default: str) -> str:
+    value = default
+    for layer in layers:
+        sec = layer.get(section)
+        if isinstance(sec, dict) and key in sec:
+            value = sec[key]
+    return str(value)
+
+
+def load_config(
+    files: list[str | os.PathLike] | tuple = (),
+    overrides: list[str] | tuple = (),
+    *,
+    recipes: bool = True,
+) -> Config:
+    """Resolve a `Config` from YAML files and `a.b=c` overrides (see module docstring)."""
+    user_layers = [_read_yaml(Path(f)) for f in files] + [_overrides_to_layer(list(overrides))]
+    layers: list[dict[str, Any]] = []
+    if recipes:
+        dataset = _peek(user_layers, "dataset", "name", DatasetConfig.name)
+        loader = _peek(user_layers, "dataset", "format", "") or dataset
+        model = _peek(user_layers, "model", "name", ModelConfig.name)
+        dataset_recipes = [config_dir() / "datasets" / f"{n}.yaml" for n in dict.fromkeys((dataset, loader))]
+        existing = [r for r in dataset_recipes if r.is_file()][:1]  # by name, else by format
+        for recipe in existing + [config_dir() / "models" / f"{model}.yaml"]:
+            if recipe.is_file():
+                layers.append(_read_yaml(recipe))
+    merged: dict[str, Any] = {}
+    for layer in layers + user_layers:
+        merged = _merge(merged, layer)
+    return config_from_dict(merged)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise ConfigError(_unknown_message("config", sorted(unknown)[0], [f.name for f in dataclasses.fields(Config)]))
+    cfg = Config()
+    for name in ("output_dir", "seed"):
+        if name in data:
+            setattr(cfg, name, _coerce(data[name], type(getattr(cfg, name)), name))
+    cfg.dataset = _build(DatasetConfig, data.get("dataset", {}), "dataset")
+    cfg.train = _build(TrainConfig, data.get("train", {}), "train")
+    cfg.evaluate = _build(EvaluateConfig, data.get("evaluate", {}), "evaluate")
+    model = dict(data.get("model", {}) or {})
+    cfg.model = ModelConfig(name=str(model.pop("name", ModelConfig.name)), options=model)
+    return cfg
+
+
+def _unknown_message(section: str, key: str, valid: list[str]) -> str:
+    return f"unknown key {section}.{key}; valid keys of {section}: {', '.join(sorted(valid))}"
+
+
+def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _resolved_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(_unknown_message(section, key, list(fields)))
+        target = hints[key]
+        if dataclasses.is_dataclass(target):
+            kwargs[key] = _build(target, value, f"{section}.{key}")
+        else:
+            kwargs[key] = _coerce(value, target, f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert a YAML value to the field's annotated type; raise naming the key."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, key) for v in value]
+        if origin is tuple:
+            if len(args) > 1 and args[-1] is not Ellipsis and len(items) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} values, got {len(items)}")
+            return tuple(items)
+        return items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def check_builder_options(builder: Any, options: dict[str, Any], section: str = "model") -> None:
+    """Refuse options a builder's signature does not take, listing those it does."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if n != "num_classes" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(_unknown_message(section, key, valid))

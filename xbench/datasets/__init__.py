@@ -1,0 +1,57 @@
+"""Datasets: loaders registered by format, the collate, and the dataset check."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..registry import DATASETS
+from . import cub, folder, imagenet, synth  # noqa: F401  (registration)
+from .base import CheckReport, DatasetError, ImageDataset, Problem, Skipped, UnreadableImage, collate, load_rgb
+from .transforms import build_transform, denormalise, normalise
+
+__all__ = ["build_dataset", "make_loader", "check_dataset", "collate", "ImageDataset", "DatasetError", "Skipped",
+           "UnreadableImage", "load_rgb", "build_transform", "denormalise", "normalise", "CheckReport", "Problem"]
+
+
+def build_dataset(cfg, split: str, train: bool = False) -> ImageDataset:
+    """The dataset `cfg` (a DatasetConfig) names, for `split`, with its train or eval transform."""
+    transform = build_transform(cfg.train_transform if train else cfg.eval_transform, cfg.image_size, train,
+                                cfg.mean, cfg.std)
+    return DATASETS.build(cfg.loader, cfg, split, transform)
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool = False, num_workers: int = 0, sampler=None,
+                drop_last: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, collate_fn=collate, drop_last=drop_last, generator=generator,
+        persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def check_dataset(dataset: ImageDataset, name: str, split: str, progress: bool = True) -> CheckReport:
+    """Open every image: counts per class, image sizes, and every file that cannot be read."""
+    per_class: Counter = Counter()
+    heights, widths = [], []
+    problems = list(dataset.problems)
+    for rec in tqdm(dataset.records, desc=f"check {name}/{split}", unit="img", disable=not progress):
+        try:
+            image = load_rgb(rec.path)
+        except UnreadableImage as exc:
+            problems.append(Problem(exc.path, exc.reason))
+            continue
+        per_class[dataset.classes[rec.label]] += 1
+        heights.append(image.shape[0])
+        widths.append(image.shape[1])
+    sizes = {}
+    if heights:
+        h, w = np.asarray(heights), np.asarray(widths)
+        sizes = {"min_height": int(h.min()), "max_height": int(h.max()), "mean_height": float(h.mean()),
+                 "min_width": int(w.min()), "max_width": int(w.max()), "mean_width": float(w.mean())}
+    return CheckReport(name=name, split=split, num_images=sum(per_class.values()), num_classes=dataset.num_classes,
+                       per_class={c: per_class.get(c, 0) for c in dataset.classes}, sizes=sizes, problems=problems)

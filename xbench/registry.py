@@ -1,0 +1,124 @@
+"""Name -> factory registries for models, explainers, metrics and datasets.
+
+One `Registry` class serves every kind. Entries are added with a decorator::
+
+    @register_model("cnn", description="timm CNN with global average pooling")
+    def build_cnn(num_classes, backbone="resnet50"): ...
+
+Third-party packages add entries through the entry-point group ``xbench.methods``:
+each entry point names a module (or object) whose import registers its entries. Plugins
+are loaded the first time any registry is read, so they show up in ``xbench list``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "xbench.methods"
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name no registry entry has; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """A named collection of factories of one kind ("model", "explainer", ...)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, *, description: str | None = None, **meta: Any):
+        """Decorator registering `factory` under `name`; `meta` is free-form (e.g. models=...)."""
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                existing = self._entries[name].factory
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by "
+                    f"{existing.__module__}.{existing.__qualname__}; pick another name"
+                )
+            text = description or _first_line(factory.__doc__) or ""
+            self._entries[name] = Entry(name, factory, text, dict(meta))
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        load_builtins_and_plugins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name).factory(*args, **kwargs)
+
+    def names(self) -> list[str]:
+        load_builtins_and_plugins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        load_builtins_and_plugins()
+        return name in self._entries
+
+
+def _first_line(doc: str | None) -> str:
+    return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
+
+
+MODELS = Registry("model")
+EXPLAINERS = Registry("explainer")
+METRICS = Registry("metric")
+DATASETS = Registry("dataset")
+
+register_model = MODELS.register
+register_explainer = EXPLAINERS.register
+register_metric = METRICS.register
+register_dataset = DATASETS.register
+
+_loaded = False
+_load_lock = threading.RLock()
+# Modules whose import registers xbench's own entries.
+_BUILTIN_MODULES = ("xbench.datasets", "xbench.methods", "xbench.metrics")
+
+
+def load_builtins_and_plugins() -> None:
+    """Import xbench's registering modules, then every `xbench.methods` entry point, once."""
+    global _loaded
+    if _loaded:
+        return
+    with _load_lock:
+        if _loaded:
+            return
+        _loaded = True
+        import importlib
+
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken plugin must not take xbench down with it
+                log.warning("xbench plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
