@@ -1,0 +1,122 @@
+"""CNN backbones from timm: creation, local weight files, frozen BatchNorm, CAM layers.
+
+Nothing is downloaded: `pretrained=False` always, and weights come from a file the user
+names (a timm or torchvision state dict, .pth or .safetensors, or an xbench checkpoint).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import nn
+
+from ..train.checkpoint import CheckpointError, check_finite, load_checkpoint, state_dict_of
+
+log = logging.getLogger(__name__)
+
+# Classifier weights of timm / torchvision CNNs; a class-count mismatch there is expected
+# when starting from weights trained on another dataset, and those are left at their init.
+CLASSIFIER_PREFIXES = ("fc.", "head.fc.", "classifier.", "head.")
+
+
+def create_timm(name: str, **kwargs) -> nn.Module:
+    """`timm.create_model(name, pretrained=False, ...)` with a helpful unknown-name error."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown timm model {name!r}{hint} (timm.list_models() lists all)")
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def arch_kwargs(channels=None, stem_width=None) -> dict:
+    """timm ResNet width options (e.g. a half-width ResNet-18: channels 32-64-128-256, stem 32)."""
+    out = {}
+    if channels:
+        out["channels"] = tuple(int(c) for c in channels)
+    if stem_width:
+        out["stem_width"] = int(stem_width)
+    return out
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file or checkpoint, refusing NaN/inf values."""
+    ckpt = load_checkpoint(path)
+    state = state_dict_of(ckpt)
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors")
+    check_finite(state, str(path))
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, *,
+                 skip_classifier_mismatch: bool = True) -> None:
+    """Load `state` into `model`, refusing shape mismatches and reporting missing/unexpected keys."""
+    own = model.state_dict()
+    skipped = []
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            if skip_classifier_mismatch and key.startswith(CLASSIFIER_PREFIXES):
+                skipped.append(f"{key} {tuple(value.shape)} -> {tuple(own[key].shape)}")
+                continue
+            raise CheckpointError(
+                f"{source}: shape mismatch for {key}: {tuple(value.shape)} in the file, "
+                f"{tuple(own[key].shape)} in the model (another architecture or width?)"
+            )
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if not usable:
+        raise CheckpointError(f"{source}: no weight name matches the model (first file key: {next(iter(state))})")
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d tensors from %s", len(usable), source)
+    if skipped:
+        log.info("%s: classifier left at its init (other class count): %s", source, "; ".join(skipped))
+    if missing:
+        log.warning("%s: %d model weights not in the file: %s", source, len(missing), _preview(missing))
+    if unexpected:
+        log.warning("%s: %d file weights not used: %s", source, len(unexpected), _preview(unexpected))
+
+
+def _preview(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """BatchNorm2d -> FrozenBatchNorm2d (buffers weight, bias, running_mean, running_var)."""
+    return freeze_batch_norm_2d(module)
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest image side the network accepts: its output stride."""
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        try:
+            return int(info.reduction()[-1])
+        except (AttributeError, TypeError):
+            return int(info[-1]["reduction"])
+    return 32
+
+
+def check_input_size(images: torch.Tensor, minimum: int, what: str) -> None:
+    h, w = images.shape[-2:]
+    if h < minimum or w < minimum:
+        raise ValueError(f"{what} needs images of at least {minimum}x{minimum} px (its stride); got {h}x{w}")
+
+
+def default_cam_layer(model: nn.Module) -> nn.Module:
+    """The layer CAMs use by default: a model's own choice, else the last block of a known CNN."""
+    if hasattr(model, "cam_target_layer"):
+        return model.cam_target_layer()
+    for attr in ("layer4", "stages", "features", "blocks"):
+        layer = getattr(model, attr, None)
+        if layer is not None:
+            return layer[-1] if isinstance(layer, (nn.Sequential, nn.ModuleList)) else layer
+    raise ValueError(
+        f"xbench does not know the last convolutional block of {type(model).__name__}; "
+        'pass target_layer="<dotted.path>" (e.g. target_layer="layer4.1")'
+    )

@@ -1,0 +1,148 @@
+"""`ca_stream`: a cross-attention CLS-token stream replacing global average pooling (CA-Stream).
+
+A learned CLS token attends over the feature map after the stem and after each stage;
+each block's keys and values are the raw features (no learned q/k/v): score_i = q.f_i/sqrt(C),
+softmax over the H*W positions, output = sum_i a_i f_i, then Linear(C -> C_next). The final
+CLS feeds the backbone's own classifier. The backbone and its classifier stay frozen
+(BatchNorm in eval mode, so its statistics cannot drift); only the stream learns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.models.convnext import ConvNeXt
+from timm.models.resnet import ResNet
+from torch import nn
+
+from ..registry import register_model
+from ..train.checkpoint import model_from_checkpoint
+from .backbones import check_input_size, default_cam_layer, min_input_size
+from .cnn import build_cnn
+
+
+class CrossAttentionBlock(nn.Module):
+    """The CLS token (B, C) attends over features (B, C, H, W); returns (B, C_next), (B, heads, H, W)."""
+
+    def __init__(self, channels: int, out_channels: int, heads: int = 1):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"CA-Stream heads ({heads}) must divide the feature channels ({channels})")
+        self.heads = heads
+        self.proj = nn.Linear(channels, out_channels)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, cls: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = features.shape
+        keys = features.reshape(b, self.heads, c // self.heads, h * w)
+        query = cls.reshape(b, self.heads, c // self.heads)
+        scores = torch.einsum("bgc,bgcn->bgn", query, keys) / math.sqrt(c // self.heads)
+        attention = scores.float().softmax(-1).to(keys.dtype)
+        pooled = torch.einsum("bgn,bgcn->bgc", attention, keys).reshape(b, c)
+        return self.proj(pooled), attention.reshape(b, self.heads, h, w)
+
+
+def stream_segments(net: nn.Module) -> list:
+    """Callables whose successive outputs are the feature maps the stream attends over."""
+    if isinstance(net, ResNet):  # after the stem (maxpool), then after each of layer1-4
+        def stem(x):
+            return net.maxpool(net.act1(net.bn1(net.conv1(x))))
+
+        return [stem, net.layer1, net.layer2, net.layer3, net.layer4]
+    if isinstance(net, ConvNeXt):  # after the stem, downsample 1, downsample 2, and on stage 4
+        s = net.stages
+
+        def to_down1(x):
+            return s[1].downsample(s[0](x))
+
+        def to_down2(x):
+            return s[2].downsample(s[1].blocks(x))
+
+        def to_end(x):
+            return net.norm_pre(s[3](s[2].blocks(x)))
+
+        return [net.stem, to_down1, to_down2, to_end]
+    raise ValueError(f"CA-Stream supports timm ResNet and ConvNeXt backbones, not {type(net).__name__}")
+
+
+def stream_widths(net: nn.Module) -> list[int]:
+    """Channels of each attended map: ResNet act1 (= after maxpool) and layer1-4; ConvNeXt stages
+    0-3 (the stem has stage 0's width, each downsample the next stage's)."""
+    return [int(info["num_chs"]) for info in net.feature_info]
+
+
+class CAStream(nn.Module):
+    """A CNN whose pooling is a CLS stream; forward(images (B,3,H,W)) -> logits (B, classes)."""
+
+    def __init__(self, cnn: nn.Module, heads: int = 1, freeze_backbone: bool = True):
+        super().__init__()
+        self.backbone = cnn
+        self._segments = stream_segments(cnn)
+        widths = stream_widths(cnn)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, widths[0]) + 1.0)  # N(1, 1) as in the paper
+        outs = widths[1:] + widths[-1:]
+        self.blocks = nn.ModuleList(CrossAttentionBlock(c, o, heads) for c, o in zip(widths, outs))
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.min_size = min_input_size(cnn)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # frozen BatchNorm statistics must not move
+        return self
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The attended feature maps, stem first: list of (B, C_i, H_i, W_i)."""
+        check_input_size(images, self.min_size, "ca_stream")
+        maps, x = [], images
+        for segment in self._segments:
+            x = segment(x)
+            maps.append(x)
+        return maps
+
+    def stream(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, classes) and the last block's attention (B, heads, h, w) from `features`."""
+        cls = self.cls_token.expand(features[0].shape[0], -1, -1).flatten(1)
+        for block, feature in zip(self.blocks, features):
+            cls, attention = block(cls.to(feature.dtype), feature)
+        return self.backbone.forward_head(cls[:, :, None, None]), attention
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.stream(self.features(images))[0]
+
+    def attention_explanation(self, images, targets, head: int | None = None) -> torch.Tensor:
+        """The last block's pooling attention (class-agnostic): (B, h, w), head-averaged or one head."""
+        attention = self.stream(self.features(images))[1]
+        return attention.mean(1) if head is None else attention[:, head]
+
+    def cam_target_layer(self) -> nn.Module:
+        return default_cam_layer(self.backbone)
+
+    def stream_parameters(self) -> int:
+        return self.cls_token.numel() + sum(p.numel() for p in self.blocks.parameters())
+
+
+@register_model("ca_stream", description="CNN with a cross-attention CLS stream instead of GAP (CA-Stream)")
+def build_ca_stream(num_classes: int, backbone: str = "resnet50", init_from: str | None = None,
+                    backbone_weights: str | None = None, channels: list[int] | None = None,
+                    stem_width: int | None = None, heads: int = 1, freeze_backbone: bool = True,
+                    reinit_head: bool = False) -> CAStream:
+    """CA-Stream on a timm ResNet or ConvNeXt.
+
+    `init_from` names a trained xbench `cnn` checkpoint (architecture and weights come from it;
+    a different class count is refused unless `reinit_head`); otherwise the CNN is built from
+    `backbone` (+ optional `backbone_weights` file).
+    """
+    if init_from:
+        cnn, ckpt = model_from_checkpoint(init_from, expect="cnn", num_classes=num_classes, reinit_head=reinit_head)
+        arch = {k: ckpt["model_options"].get(k) for k in ("backbone", "channels", "stem_width")}
+    else:
+        cnn = build_cnn(num_classes, backbone, backbone_weights, channels, stem_width)
+        arch = {"backbone": backbone, "channels": channels, "stem_width": stem_width}
+    model = CAStream(cnn, heads=heads, freeze_backbone=freeze_backbone)
+    model.arch_options = {**arch, "heads": heads, "freeze_backbone": freeze_backbone}
+    return model

@@ -1,0 +1,334 @@
+"""`intr` and `icn`: one decoder query per class; the class's cross-attention is the explanation.
+
+INTR (Paul et al., ICLR 2024) is a DETR-R50 fork: a CNN backbone (FrozenBatchNorm, last
+feature map only), a 1x1 `input_proj`, sine positional encoding on the encoder only, a
+6+6-layer post-norm transformer, `query_embed` (C, d) used as the queries' positional
+embedding with zero decoder input, and one `presence_vector = Linear(d, 1)` shared by all
+classes: logits (B, C) = presence_vector(h_c). ICN swaps the presence vector for a shared
+one-output B-spline KAN and adds an orthogonality loss on the (orthogonally initialised) queries.
+
+Converters: `from_detr` (the DETR-R50 fine-tuning recipe) and `load_official_intr` (official
+checkpoints with their argparse 'args', read under an allow-list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_model
+from ..train.checkpoint import CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
+from .backbones import (
+    CLASSIFIER_PREFIXES,
+    arch_kwargs,
+    check_input_size,
+    create_timm,
+    default_cam_layer,
+    freeze_batchnorm,
+    load_weights,
+    read_weights,
+)
+from .transformer import PositionEmbeddingSine, Transformer
+
+log = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    """`body`: a timm CNN truncated at its last feature map; forward -> (B, num_channels, h, w)."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+        self.num_channels = int(body.feature_info.channels()[-1])
+        self.stride = int(body.feature_info.reduction()[-1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)[-1]
+
+
+class Joiner(nn.Sequential):
+    """backbone.0 = Backbone, backbone.1 = positional encoding (the official key layout)."""
+
+    def forward(self, images: torch.Tensor, pad_mask: torch.Tensor | None):
+        """-> features (B, C, h, w), padding mask (B, h, w) True = padding, pos (B, d, h, w)."""
+        features = self[0](images)
+        size = features.shape[-2:]
+        if pad_mask is None:
+            mask = torch.zeros(features.shape[0], *size, dtype=torch.bool, device=features.device)
+        else:
+            mask = F.interpolate(pad_mask[None].float(), size=size)[0].bool()
+        return features, mask, self[1](mask).to(features.dtype)
+
+
+class KANLinear(nn.Module):
+    """B-spline KAN layer: y = W_base silu(x) + sum_i spline_i(x_i), splines on a uniform grid."""
+
+    def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
+                 grid_range: tuple[float, float] = (-1.0, 1.0)):
+        super().__init__()
+        self.spline_order = spline_order
+        step = (grid_range[1] - grid_range[0]) / grid_size
+        knots = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32) * step + grid_range[0]
+        self.register_buffer("grid", knots.expand(in_features, -1).contiguous())
+        self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))
+        nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5))
+        nn.init.normal_(self.spline_weight, std=0.1 / math.sqrt(in_features))
+
+    def bases(self, x: torch.Tensor) -> torch.Tensor:
+        """B-spline bases by the Cox-de Boor recursion: (N, in) -> (N, in, grid_size + order)."""
+        g, x = self.grid, x[..., None]
+        b = ((x >= g[:, :-1]) & (x < g[:, 1:])).to(x.dtype)
+        for k in range(1, self.spline_order + 1):
+            b = ((x - g[:, :-(k + 1)]) / (g[:, k:-1] - g[:, :-(k + 1)]) * b[..., :-1]
+                 + (g[:, k + 1:] - x) / (g[:, k + 1:] - g[:, 1:-k]) * b[..., 1:])
+        return b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        out = F.linear(F.silu(flat), self.base_weight) + F.linear(self.bases(flat).flatten(1),
+                                                                  self.spline_weight.flatten(1))
+        return out.reshape(*x.shape[:-1], -1)
+
+
+class INTR(nn.Module):
+    """forward(images (B,3,H,W), pad_mask (B,H,W) | None) -> logits (B, num_classes)."""
+
+    head_name = "presence_vector"
+
+    def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int):
+        super().__init__()
+        d = transformer.d_model
+        self.transformer = transformer
+        self.query_embed = nn.Embedding(num_classes, d)
+        self.input_proj = nn.Conv2d(backbone[0].num_channels, d, kernel_size=1)
+        self.backbone = backbone
+        setattr(self, self.head_name, self.build_head(d))
+
+    def build_head(self, d: int) -> nn.Module:
+        return nn.Linear(d, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.query_embed.num_embeddings
+
+    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None):
+        """-> projected features (B, d, h, w), padding mask (B, h, w), positional encoding (B, d, h, w)."""
+        check_input_size(images, self.backbone[0].stride, type(self).__name__.lower())
+        features, mask, pos = self.backbone(images, pad_mask)
+        return self.input_proj(features), mask, pos
+
+    def forward(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        src, mask, pos = self.encode(images, pad_mask)
+        hs = self.transformer(src, mask, self.query_embed.weight, pos)
+        return getattr(self, self.head_name)(hs).squeeze(-1)
+
+    def attention_maps(self, images: torch.Tensor, classes: torch.Tensor, layer: int = -1,
+                       pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-attention of decoder `layer` for class queries `classes` (B, K): (B, K, heads, h, w)."""
+        src, mask, pos = self.encode(images, pad_mask)
+        weights = self.transformer.cross_attention(src, mask, self.query_embed.weight, pos, classes, layer)
+        return weights.reshape(*weights.shape[:3], *src.shape[-2:])
+
+    def attention_explanation(self, images, targets, head: int | None = None, layer: int = -1) -> torch.Tensor:
+        """The target class's cross-attention: (B, h, w), head-averaged or of one `head`."""
+        heads = self.transformer.heads
+        if head is not None and not 0 <= head < heads:
+            raise ValueError(f"head {head} does not exist; this model has heads 0..{heads - 1}")
+        maps = self.attention_maps(images, targets[:, None], layer)[:, 0]
+        return maps.mean(1) if head is None else maps[:, head]
+
+    def cam_target_layer(self) -> nn.Module:
+        return default_cam_layer(self.backbone[0].body)
+
+
+class ICN(INTR):
+    """INTR with a shared one-output KAN classifier and orthogonal class queries."""
+
+    head_name = "presence_kan"
+
+    def __init__(self, backbone, transformer, num_classes, grid_size: int = 5, spline_order: int = 3,
+                 orthogonality_weight: float = 1.0):
+        self.grid_size, self.spline_order = grid_size, spline_order
+        super().__init__(backbone, transformer, num_classes)
+        self.orthogonality_weight = orthogonality_weight
+        if num_classes < transformer.d_model:
+            nn.init.orthogonal_(self.query_embed.weight)
+
+    def build_head(self, d: int) -> nn.Module:
+        return KANLinear(d, 1, self.grid_size, self.spline_order)
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        """||Q Q^T - I||_F^2 on the L2-normalised queries, times `orthogonality_weight`."""
+        q = F.normalize(self.query_embed.weight, dim=1)
+        gram = q @ q.T
+        eye = torch.eye(len(q), device=q.device, dtype=q.dtype)
+        return {"orthogonality": self.orthogonality_weight * (gram - eye).pow(2).sum()}
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _body(name: str, output_stride: int, frozen_batchnorm: bool, freeze_backbone: bool, channels, stem_width):
+    body = create_timm(name, features_only=True, out_indices=(-1,), output_stride=output_stride,
+                       **arch_kwargs(channels, stem_width))
+    if frozen_batchnorm:
+        body = freeze_batchnorm(body)
+    if freeze_backbone:
+        body.requires_grad_(False)
+    elif hasattr(body, "layer1"):  # ResNet, as in DETR: conv1 and layer1 stay frozen
+        for name in ("conv1", "bn1", "layer1"):
+            getattr(body, name).requires_grad_(False)
+    else:  # other CNNs: the stem stays frozen
+        next(body.children()).requires_grad_(False)
+    return body
+
+
+def _cnn_arch(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Architecture options and backbone weights of a trained xbench `cnn` checkpoint."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("model_name") != "cnn":
+        found = ckpt.get("model_name") or guess_family(state_dict_of(ckpt))
+        raise CheckpointError(f"init_backbone_from={path} must be an xbench cnn checkpoint; it holds {found}")
+    opts = ckpt.get("model_options", {})
+    return {k: opts.get(k) for k in ("backbone", "channels", "stem_width")}, state_dict_of(ckpt)
+
+
+def _without_classifier(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+
+
+def build_intr(num_classes: int, backbone: str = "resnet50", output_stride: int = 32, hidden_dim: int = 256,
+               nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6, dim_feedforward: int = 2048,
+               dropout: float = 0.1, channels: list[int] | None = None, stem_width: int | None = None,
+               frozen_batchnorm: bool = True, freeze_backbone: bool = False, attention_impl: str = "sdpa",
+               backbone_weights: str | None = None, init_backbone_from: str | None = None,
+               detr_weights: str | None = None, seed: int = 0) -> INTR:
+    """INTR with the paper's defaults (DETR-R50); every size is configurable for CPU runs.
+
+    Backbone initialisation (at most one): `backbone_weights` (timm/torchvision ResNet file),
+    `init_backbone_from` (a trained xbench `cnn` checkpoint: its architecture and weights), or
+    `detr_weights` (a DETR-R50 checkpoint: the whole model, per the INTR fine-tuning recipe).
+    Weights are drawn from `seed`, so every DDP rank builds the same model.
+    """
+    return _build(INTR, {}, **locals())
+
+
+def _build(cls, head_options: dict, *, num_classes: int, backbone: str, output_stride: int, hidden_dim: int,
+           nheads: int, enc_layers: int, dec_layers: int, dim_feedforward: int, dropout: float, channels,
+           stem_width, frozen_batchnorm: bool, freeze_backbone: bool, attention_impl: str, backbone_weights,
+           init_backbone_from, detr_weights, seed: int):
+    sources = [s for s in (backbone_weights, init_backbone_from, detr_weights) if s]
+    if len(sources) > 1:
+        raise ValueError("give at most one of backbone_weights, init_backbone_from, detr_weights")
+    if output_stride not in (16, 32):
+        raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
+    cnn_state = None
+    if init_backbone_from:
+        arch, cnn_state = _cnn_arch(init_backbone_from)
+        backbone, channels, stem_width = arch["backbone"], arch["channels"], arch["stem_width"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        body = _body(backbone, output_stride, frozen_batchnorm, freeze_backbone, channels, stem_width)
+        joiner = Joiner(Backbone(body), PositionEmbeddingSine(hidden_dim // 2))
+        transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, attention_impl)
+        model = cls(joiner, transformer, num_classes, **head_options)
+        if detr_weights:
+            _load_detr(model, detr_weights)
+    if backbone_weights or cnn_state is not None:
+        state = read_weights(backbone_weights) if backbone_weights else cnn_state
+        check_finite(state, str(backbone_weights or init_backbone_from))
+        load_weights(body, _without_classifier(state), str(backbone_weights or init_backbone_from))
+    model.arch_options = {
+        "backbone": backbone, "output_stride": output_stride, "hidden_dim": hidden_dim, "nheads": nheads,
+        "enc_layers": enc_layers, "dec_layers": dec_layers, "dim_feedforward": dim_feedforward, "dropout": dropout,
+        "channels": channels, "stem_width": stem_width, "frozen_batchnorm": frozen_batchnorm,
+        "freeze_backbone": freeze_backbone, "attention_impl": attention_impl, "seed": seed, **head_options,
+    }
+    return model
+
+
+def build_icn(num_classes: int, grid_size: int = 5, spline_order: int = 3, orthogonality_weight: float = 1.0,
+              **intr_options) -> ICN:
+    """ICN: INTR's architecture and options plus the KAN head and the orthogonality loss."""
+    defaults = {k: p.default for k, p in inspect.signature(build_intr).parameters.items() if k != "num_classes"}
+    head = {"grid_size": grid_size, "spline_order": spline_order, "orthogonality_weight": orthogonality_weight}
+    return _build(ICN, head, num_classes=num_classes, **{**defaults, **intr_options})
+
+
+# build_icn takes exactly INTR's options plus its own: say so in its signature, so configs are checked.
+build_icn.__signature__ = inspect.Signature(
+    [p for n, p in inspect.signature(build_icn).parameters.items() if n != "intr_options"]
+    + [p for n, p in inspect.signature(build_intr).parameters.items() if n != "num_classes"]
+)
+register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
+               explains="cross-attention of the class query")(build_intr)
+register_model("icn", description="ICN: INTR with a shared KAN classifier and orthogonal class queries",
+               explains="cross-attention of the class query")(build_icn)
+
+
+# ---------------------------------------------------------------------------- converters
+
+DETR_QUERIES = 100
+
+
+def _load_detr(model: INTR, path: str) -> None:
+    """The INTR fine-tuning recipe: resize the 100 DETR queries to C (tile + N(0,1)*0.1 noise
+    beyond 100), drop class/box heads, keep the fresh classifier head, load strictly."""
+    state = read_weights(path)
+    family = guess_family(state)
+    if family != "detr":
+        raise CheckpointError(f"detr_weights={path} looks like a {family} checkpoint, not DETR")
+    queries = state["query_embed.weight"]
+    c = model.num_classes
+    if c <= len(queries):
+        resized = queries[:c].clone()
+    else:
+        resized = queries[torch.arange(c) % len(queries)].clone()
+        resized[len(queries):] += torch.randn(c - len(queries), queries.shape[1]) * 0.1
+    state = {k: v for k, v in state.items() if not k.startswith(("class_embed.", "bbox_embed."))}
+    state["query_embed.weight"] = resized
+    head = getattr(model, model.head_name)
+    if isinstance(head, nn.Linear):
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.zeros_(head.bias)
+    state.update({f"{model.head_name}.{k}": v for k, v in head.state_dict().items()})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"detr_weights={path} does not fit this INTR configuration "
+                              f"(DETR-R50 needs the defaults: resnet50, 256-d, 6+6 layers): {exc}") from None
+
+
+def from_detr(path: str | Path, num_classes: int, model: str = "intr", **options) -> INTR:
+    """INTR (or ICN) for `num_classes`, initialised from a DETR-R50 checkpoint."""
+    builder = build_intr if model == "intr" else build_icn
+    return builder(num_classes, detr_weights=str(path), **options)
+
+
+def load_official_intr(path: str | Path, num_classes: int | None = None) -> INTR:
+    """An official INTR checkpoint ('model', 'args' as argparse.Namespace) as an xbench INTR."""
+    ckpt = load_checkpoint(path)
+    state = state_dict_of(ckpt)
+    family = guess_family(state)
+    if family != "intr":
+        raise CheckpointError(f"{path} looks like a {family} checkpoint, not an official INTR one")
+    check_finite(state, str(path))
+    stored = state["query_embed.weight"].shape[0]
+    if num_classes is not None and num_classes != stored:
+        raise CheckpointError(f"{path} holds INTR for {stored} classes, but {num_classes} are asked for")
+    args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}
+    keys = ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "dropout")
+    options = {k: args[k] for k in keys if k in args}
+    options["output_stride"] = 16 if args.get("dilation") else 32
+    options["backbone"] = args.get("backbone", "resnet50")
+    model = build_intr(stored, **options)
+    model.load_state_dict(state, strict=True)
+    return model

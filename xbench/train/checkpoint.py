@@ -1,0 +1,186 @@
+"""Checkpoints: atomic writes, safe reads, and rebuilding a model from one.
+
+An xbench checkpoint is a dict of tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``::
+
+    {"xbench": {"format": 1, "version": ...}, "model": state_dict, "model_name": "intr",
+     "model_options": {...architecture, no init files...}, "num_classes": C, "class_names": [...],
+     "config": {...resolved config...}, "epoch": int, "optimizer": ..., "scheduler": ..., "rng": ...}
+
+Foreign files (official INTR checkpoints, DETR-R50, timm/torchvision weights) are read with
+the same safe loader; the only foreign type allowed is `argparse.Namespace` (INTR's 'args').
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# Options that point at files used to initialise a model; a checkpoint's own weights replace
+# them, so they are not stored (and a rebuilt model never needs those files).
+INIT_OPTIONS = ("init_from", "backbone_weights", "init_backbone_from", "detr_weights", "reinit_head")
+SAFE_FOREIGN_GLOBALS = (argparse.Namespace,)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, corrupt or of the wrong model."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write `payload` atomically: a temporary file in the same folder, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True (argparse.Namespace allowed); never runs pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        with torch.serialization.safe_globals(list(SAFE_FOREIGN_GLOBALS)):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = _unpickler_detail(str(exc))
+        if "GLOBAL" in detail:
+            raise CheckpointError(
+                f"{path} was refused: it asks to import Python objects a checkpoint may not hold ({detail}). "
+                "xbench never loads with weights_only=False; re-save the weights as a plain state dict"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {detail}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint dict or state dict")
+    return data
+
+
+def _unpickler_detail(message: str) -> str:
+    """The specific reason in torch's weights-only error, without its generic advice."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "Re-running")
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = [ln for ln in lines if not ln.startswith(boilerplate)]
+    return detail[0] if detail else lines[0]
+
+
+def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights inside a checkpoint of any common layout, without a 'module.' prefix."""
+    for key in ("model", "state_dict", "model_state", "model_state_dict"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def guess_family(state: dict[str, torch.Tensor]) -> str:
+    """Which model family a state dict looks like (for error messages)."""
+    keys = set(state)
+    if any(k.startswith("transformer.") for k in keys):
+        if "class_embed.weight" in keys or any(k.startswith("bbox_embed.") for k in keys):
+            return "detr"
+        if any(k.startswith("presence_kan.") for k in keys):
+            return "icn"
+        if "presence_vector.weight" in keys:
+            return "intr"
+        return "an unknown transformer"
+    if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
+        return "ca_stream"
+    if any(k.endswith("fc.weight") or k.startswith(("conv1.", "stem.", "features.")) for k in keys):
+        return "cnn"
+    return "unknown"
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or inf, naming the first bad tensors."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{source} has NaN/inf values in {', '.join(bad[:3])}{more}; refusing to use it")
+
+
+def model_from_checkpoint(path: str | os.PathLike, *, expect: str | None = None, num_classes: int | None = None,
+                          reinit_head: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model an xbench checkpoint holds and load its weights strictly.
+
+    `expect` refuses another model family; `num_classes` refuses another class count, or with
+    `reinit_head` builds the model for `num_classes` and re-initialises the class-dependent weights.
+    """
+    from .. import build_model
+
+    ckpt = load_checkpoint(path)
+    state = state_dict_of(ckpt)
+    if "model_name" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not an xbench checkpoint (it looks like a {guess_family(state)} state dict); "
+            "foreign files are read by converters: cnn backbone_weights, intr detr_weights / load_official_intr"
+        )
+    name = ckpt["model_name"]
+    if expect is not None and name != expect:
+        raise CheckpointError(f"{path} holds a {name!r} model, not the {expect!r} model asked for")
+    check_finite(state, str(path))
+    options = {k: v for k, v in ckpt.get("model_options", {}).items() if k not in INIT_OPTIONS}
+    stored = int(ckpt["num_classes"])
+    if num_classes is not None and num_classes != stored and not reinit_head:
+        raise CheckpointError(
+            f"{path} was trained for {stored} classes but {num_classes} are asked for; "
+            "use the matching dataset, or --reinit-head to start the classifier afresh"
+        )
+    model = build_model(name, num_classes=num_classes or stored, **options)
+    if num_classes is None or num_classes == stored:
+        model.load_state_dict(state, strict=True)
+    else:
+        load_matching(model, state, source=str(path))
+    return model, ckpt
+
+
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load every tensor whose name and shape match; log and return those left at their init."""
+    own = model.state_dict()
+    fresh = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
+    log.info("%s: re-initialised %s", source, ", ".join(fresh) or "nothing")
+    return fresh
+
+
+def checkpoint_payload(model: torch.nn.Module, model_name: str, num_classes: int, class_names: list[str],
+                       config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The dict `save_checkpoint` writes for a model (plus `extra`: epoch, optimizer, ...)."""
+    from .. import __version__
+
+    raw = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    options = dict(getattr(raw, "arch_options", config.get("model", {})))
+    options.pop("name", None)
+    for key in INIT_OPTIONS:
+        options.pop(key, None)
+    state = raw.state_dict()
+    return {"xbench": {"format": FORMAT_VERSION, "version": __version__}, "model": state, "model_name": model_name,
+            "model_options": options, "num_classes": num_classes, "class_names": list(class_names),
+            "config": config, **extra}
