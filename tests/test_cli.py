@@ -10,7 +10,7 @@ from xbench.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["list"], ["data"], ["data", "synth"], ["data", "check"]])
+@pytest.mark.parametrize("args", [[], ["list"], ["data"], ["data", "synth"], ["data", "check"], ["train"]])
 def test_every_command_has_useful_help(args):
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0

@@ -39,6 +39,7 @@ def _friendly_errors(func):
         try:
             return func(*args, **kwargs)
         except (ConfigError, DatasetError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError) as exc:
+            # CheckpointError and RunExistsError are ValueError / FileExistsError subclasses.
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
@@ -142,6 +143,32 @@ def data_check(
     if problems:
         typer.secho(f"{problems} problem(s) found; unreadable files are skipped during training and evaluation",
                     fg=typer.colors.YELLOW)
+
+
+@app.command("train")
+@_friendly_errors
+def train_cmd(
+    method: str = typer.Option(..., "--method", "-m", help="Model to train: cnn, ca_stream, intr, icn or a plugin's."),
+    dataset: str | None = DatasetOpt,
+    data_root: str | None = RootOpt,
+    config: List[Path] | None = ConfigOpt,
+    set_: List[str] | None = SetOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in <output_dir>/<dataset>/<model>/ from last.pt."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over, replacing an existing run's files."),
+    reinit_head: bool = typer.Option(False, "--reinit-head",
+                                     help="Starting from a checkpoint for another class count: re-initialise its head."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train a model with the recipe in configs/models/<method>.yaml (torchrun-ready, resumable)."""
+    from .train.trainer import train
+
+    _setup_logging()
+    sets = list(set_ or []) + (["model.reinit_head=true"] if reinit_head else [])
+    cfg = resolve_config(config, sets, dataset=dataset, data_root=data_root, method=method)
+    summary = train(cfg, resume=resume, fresh=fresh, progress=progress)
+    state = "finished" if summary["finished"] else "stopped (resume with --resume)"
+    typer.echo(f"{summary['model']}: {state} after epoch {summary['epochs_done']}/{summary['epochs']}, "
+               f"best val acc@1 {summary['best_acc1']:.4f}, run in {summary['run_dir']}")
 
 
 def main() -> None:

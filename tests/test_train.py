@@ -1,0 +1,193 @@
+"""The trainer: learning, exact resume, DDP under torchrun, optimiser groups and schedules."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from xbench.config import TrainConfig, load_config
+from xbench.datasets.synth import SynthSettings, generate
+from xbench.train.checkpoint import load_checkpoint, model_from_checkpoint
+from xbench.train.distributed import EpochSampler, ShardSampler
+from xbench.train.trainer import RunExistsError, Trainer, build_optimizer, lr_factor, train
+
+CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
+
+
+def _data_overrides(root, settings: SynthSettings) -> list[str]:
+    return [
+        "dataset.name=synth", "dataset.format=synth", f"dataset.root={root}", f"dataset.image_size={settings.size}",
+        f"dataset.synth.classes={settings.classes}", f"dataset.synth.size={settings.size}",
+        f"dataset.synth.train_per_class={settings.train_per_class}",
+        f"dataset.synth.test_per_class={settings.test_per_class}", f"dataset.synth.seed={settings.seed}",
+        "dataset.cache_images=true", "train.log_tensorboard=false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    """4 classes at 48 px, 100 training images each: enough to beat chance in seconds."""
+    settings = SynthSettings(classes=4, size=48, train_per_class=100, test_per_class=8, seed=0)
+    root = generate(tmp_path_factory.mktemp("learnable") / "data", settings, workers=2, progress=False)
+    return _data_overrides(root, settings) + [f"output_dir={tmp_path_factory.mktemp('runs')}"]
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(learnable):
+    cfg = load_config([], learnable + CNN + [
+        "train.epochs=8", "train.batch_size=16", "train.lr=0.003", "train.warmup_epochs=0",
+        "train.weight_decay=0", "train.label_smoothing=0"])
+    return train(cfg, progress=False)
+
+
+def _history(summary):
+    return load_checkpoint(f"{summary['run_dir']}/last.pt")["history"]
+
+
+def test_cnn_loss_falls_and_accuracy_beats_chance(trained_cnn):
+    history = _history(trained_cnn)
+    assert trained_cnn["finished"] and len(history) == 8
+    assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
+    assert trained_cnn["best_acc1"] >= 0.5  # chance is 0.25 (32 validation images)
+    run = trained_cnn["run_dir"]
+    for name in ("best.pt", "last.pt", "config.yaml", "log.csv", "summary.json"):
+        assert os.path.getsize(f"{run}/{name}") > 0
+    assert len(open(f"{run}/log.csv").read().strip().splitlines()) == 9
+    ckpt = torch.load(f"{run}/best.pt", weights_only=True)  # plain types only
+    assert ckpt["class_names"][0].startswith("001.") and ckpt["model_options"]["channels"] == [16, 32, 64, 128]
+
+
+def test_ca_stream_learns_on_the_frozen_trained_cnn(learnable, trained_cnn):
+    cfg = load_config([], learnable + [
+        "model.name=ca_stream", f"model.init_from={trained_cnn['run_dir']}/best.pt", "train.epochs=3",
+        "train.batch_size=16", "train.optimizer=sgd", "train.lr=0.05", "train.schedule=constant"])
+    summary = train(cfg, progress=False)
+    history = _history(summary)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert summary["best_acc1"] >= 0.5
+    cnn, _ = model_from_checkpoint(f"{trained_cnn['run_dir']}/best.pt")
+    stream, _ = model_from_checkpoint(f"{summary['run_dir']}/last.pt")
+    for key, value in cnn.state_dict().items():  # the backbone, its BN statistics and its head did not move
+        assert torch.equal(stream.state_dict()[f"backbone.{key}"], value), key
+
+
+def test_intr_learns_on_the_trained_cnn_backbone(learnable, trained_cnn):
+    cfg = load_config([], learnable + [
+        "model.name=intr", f"model.init_backbone_from={trained_cnn['run_dir']}/best.pt", "model.freeze_backbone=true",
+        "model.output_stride=16", "model.hidden_dim=64", "model.nheads=4", "model.enc_layers=1", "model.dec_layers=2",
+        "model.dim_feedforward=128", "model.dropout=0.0", "train.epochs=4", "train.batch_size=16", "train.lr=0.001",
+        "train.schedule=cosine", "train.weight_decay=0.0001"])
+    summary = train(cfg, progress=False)
+    history = _history(summary)
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert summary["best_acc1"] > 0.4
+
+
+@pytest.fixture
+def small(tmp_path_factory):
+    settings = SynthSettings(classes=3, size=40, train_per_class=12, test_per_class=3, seed=5)
+    root = generate(tmp_path_factory.mktemp("small") / "data", settings, progress=False)
+    return _data_overrides(root, settings)
+
+
+def test_resume_after_a_stop_gives_the_same_final_weights(small, tmp_path):
+    common = small + CNN + ["model.drop_rate=0.3", "train.epochs=3", "train.batch_size=8", "train.lr=0.01",
+                            "train.warmup_epochs=0.5"]
+    whole = train(load_config([], common + [f"output_dir={tmp_path}/whole"]), progress=False)
+    stopped = train(load_config([], common + [f"output_dir={tmp_path}/parts", "train.max_steps=7"]), progress=False)
+    assert not stopped["finished"] and stopped["steps"] == 7  # 5 steps per epoch: stopped mid-epoch 2
+    mid = load_checkpoint(f"{stopped['run_dir']}/last.pt")
+    assert (mid["epoch"], mid["step_in_epoch"]) == (1, 2)
+    with pytest.raises(RunExistsError, match="--resume to continue it or --fresh"):
+        train(load_config([], common + [f"output_dir={tmp_path}/parts"]), progress=False)
+    resumed = train(load_config([], common + [f"output_dir={tmp_path}/parts"]), resume=True, progress=False)
+    assert resumed["finished"] and resumed["steps"] == whole["steps"] == 15
+    a = load_checkpoint(f"{whole['run_dir']}/last.pt")
+    b = load_checkpoint(f"{resumed['run_dir']}/last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    def untimed(history):
+        return [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]
+
+    assert untimed(a["history"]) == untimed(b["history"])  # the stopped epoch's metrics are complete too
+
+
+def test_epoch_sampler_resumes_mid_epoch_and_shards_cover_everything():
+    full = EpochSampler(10, seed=1)
+    full.set_epoch(3)
+    order = list(full)
+    later = EpochSampler(10, seed=1)
+    later.set_epoch(3, start=4)
+    assert list(later) == order[4:] and len(later) == 6
+    full.set_epoch(4)
+    assert list(full) != order and sorted(full) == list(range(10))
+    shards = [list(ShardSampler(9, r, 2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(9))
+
+
+def test_optimizer_groups_exclude_frozen_parameters_and_take_the_backbone_lr():
+    model = torch.nn.ModuleDict({"backbone": torch.nn.Linear(2, 2), "head": torch.nn.Linear(2, 2),
+                                 "frozen": torch.nn.Linear(2, 2)})
+    model["frozen"].requires_grad_(False)
+    opt = build_optimizer(model, TrainConfig(lr=0.1, backbone_lr=0.01, optimizer="sgd", nesterov=True))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["backbone"]["lr"] == 0.01 and groups["rest"]["lr"] == 0.1 and groups["rest"]["nesterov"]
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4
+    with pytest.raises(ValueError, match="train.optimizer must be adamw or sgd"):
+        build_optimizer(model, TrainConfig(optimizer="lion"))
+
+
+def test_learning_rate_schedules():
+    cosine = lr_factor(TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1, min_lr=0.01), 10, 0.1)
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(1.0) and cosine(55) == pytest.approx(0.55)
+    assert cosine(100) == pytest.approx(0.1)  # min_lr / base lr
+    step = lr_factor(TrainConfig(epochs=10, schedule="step", step_epochs=[3, 6], gamma=0.5), 4, 1.0)
+    assert [step(s) for s in (0, 11, 12, 23, 24)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def test_model_extra_losses_are_added_to_cross_entropy(small, tmp_path):
+    cfg = load_config([], small + [
+        "model.name=icn", "model.backbone=resnet18", "model.output_stride=16", "model.hidden_dim=32",
+        "model.nheads=4", "model.enc_layers=1", "model.dec_layers=1", "model.dim_feedforward=32",
+        "model.dropout=0.0", "model.orthogonality_weight=5.0", f"output_dir={tmp_path}"])
+    trainer = Trainer(cfg, progress=False)
+    trainer._setup()
+    with torch.no_grad():
+        trainer.model.query_embed.weight[1] = trainer.model.query_embed.weight[0]  # overlap: loss 5 * 2
+    batch = next(iter(trainer.loader))
+    trainer.model.train()
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(trainer.model(batch["image"]), batch["label"]).item()
+    loss, _ = trainer._step(batch)
+    assert loss == pytest.approx(ce + 10.0, abs=1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_on_cpu(small, tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+            "-m", "xbench.cli", "train", "--method", "cnn", "--no-progress"]
+    for item in small + CNN + ["train.epochs=2", "train.batch_size=8", f"output_dir={tmp_path}"]:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "synth" / "cnn" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 6  # 36 images: 18 per rank, ceil(18 / 8) = 3 steps an epoch
+    model, _ = model_from_checkpoint(tmp_path / "synth" / "cnn" / "last.pt")
+    cfg = load_config([], small + CNN + [f"output_dir={tmp_path}/check"])
+    trainer = Trainer(cfg, progress=False)
+    trainer._setup()
+    trainer.model.load_state_dict(model.state_dict())
+    acc1, _ = trainer.evaluate()  # single process, every validation sample once
+    assert ckpt["history"][-1]["val_acc1"] == pytest.approx(acc1, abs=1e-12)

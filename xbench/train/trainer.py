@@ -1,0 +1,428 @@
+"""One trainer for every registered model: single process, or DDP under `torchrun`.
+
+`train(cfg)` writes to ``<output_dir>/<dataset>/<model>/``: ``config.yaml`` (resolved),
+``last.pt`` every epoch (atomic), ``best.pt`` on the best validation acc@1, ``log.csv``
+(one row per epoch), ``tensorboard/`` and ``summary.json``. ``resume=True`` continues from
+``last.pt`` exactly: each epoch's randomness (order, augmentation, dropout) is drawn from
+(seed, rank, epoch), and a run stopped mid-epoch (`train.max_steps`, SIGINT/SIGTERM) also
+saves every rank's RNG state and its position in the epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import logging
+import math
+import random
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .. import build_model
+from ..config import Config, TrainConfig
+from ..datasets import build_dataset, make_loader
+from . import distributed as D
+from .checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+CNN_FAMILIES = ("cnn", "ca_stream")  # models that gain from channels_last on CUDA
+
+
+class RunExistsError(FileExistsError):
+    """A run directory already holds a checkpoint and neither resume nor fresh was asked for."""
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the parameters that require grad: group 'backbone' (names starting
+    with 'backbone.', at train.backbone_lr) and group 'rest' (at train.lr)."""
+    groups: dict[str, list] = {"backbone": [], "rest": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups["backbone" if name.startswith("backbone.") else "rest"].append(p)
+    lrs = {"backbone": cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr, "rest": cfg.lr}
+    params = [{"params": ps, "lr": lrs[n], "name": n} for n, ps in groups.items() if ps]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer must be adamw or sgd, got {cfg.optimizer!r}")
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, base_lr: float):
+    """step -> multiplier of a group's base lr: linear warm-up, then cosine / step / constant."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+    if cfg.schedule not in ("cosine", "step", "constant"):
+        raise ValueError(f"train.schedule must be cosine, step or constant, got {cfg.schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "step":
+            return cfg.gamma ** sum(step >= e * steps_per_epoch for e in cfg.step_epochs)
+        return 1.0
+
+    return factor
+
+
+def autocast(device: torch.device, precision: torch.dtype):
+    """Mixed precision for bf16/fp16, nothing for fp32."""
+    if precision == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=precision)
+
+
+def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, labels: torch.Tensor, *, precision: torch.dtype = torch.float32,
+               clip_grad: float | None = None, label_smoothing: float = 0.0, pad_mask: torch.Tensor | None = None):
+    """One optimisation step: cross-entropy plus the model's `extra_losses()`, backward (scaled for
+    fp16), clipping over the optimised parameters, step. `net` may wrap `model` (DDP, compile).
+    Returns the loss (detached) and the logits (B, C)."""
+    kwargs = {"pad_mask": pad_mask} if pad_mask is not None else {}
+    with autocast(images.device, precision):
+        logits = net(images, **kwargs)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        extra = getattr(model, "extra_losses", None)
+        if extra is not None:
+            loss = loss + sum(extra().values())
+    scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), logits.detach()
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % 2**31
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """This process's RNG states as plain values (they load under weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ctx: D.Context | None = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.ctx = ctx or D.init_distributed()
+        self.run_dir = cfg.run_dir()
+        self.stop_requested = False
+        self.skipped: list[dict] = []
+
+    # -------------------------------------------------------------------- setup
+
+    def _setup(self):
+        cfg, ctx = self.cfg, self.ctx
+        self.train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True)
+        self.val_set = build_dataset(cfg.dataset, cfg.dataset.eval_split, train=False)
+        if self.val_set.classes != self.train_set.classes:
+            raise ValueError(f"{cfg.dataset.eval_split} and {cfg.dataset.train_split} splits list different classes")
+        if len(self.train_set) == 0:
+            raise ValueError(f"the {cfg.dataset.train_split} split of {cfg.dataset.name} has no images")
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg.model.name, num_classes=self.train_set.num_classes, **cfg.model.options)
+        self.model.to(ctx.device)
+        self.channels_last = ctx.device.type == "cuda" and cfg.train.channels_last and cfg.model.name in CNN_FAMILIES
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.takes_pad_mask = "pad_mask" in inspect.signature(self.model.forward).parameters
+        self.sampler = D.EpochSampler(len(self.train_set), cfg.seed, ctx.rank, ctx.world_size)
+        self.loader = make_loader(self.train_set, cfg.train.batch_size, sampler=self.sampler, drop_last=False,
+                                  num_workers=cfg.dataset.num_workers, seed=cfg.seed)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.batch_size)
+        self.val_loader = make_loader(self.val_set, cfg.train.batch_size, num_workers=cfg.dataset.num_workers,
+                                      sampler=D.ShardSampler(len(self.val_set), ctx.rank, ctx.world_size))
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        factors = [lr_factor(cfg.train, self.steps_per_epoch, g["lr"]) for g in self.optimizer.param_groups]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factors)
+        self.precision = self._precision()
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision == torch.float16)
+        self.net = self.model
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        if ctx.distributed:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+
+    def _precision(self) -> torch.dtype:
+        name = self.cfg.train.precision
+        if name == "auto":
+            return torch.bfloat16 if self.ctx.device.type == "cuda" else torch.float32
+        table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if name not in table:
+            raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {name!r}")
+        return table[name]
+
+    # -------------------------------------------------------------------- run
+
+    def fit(self, resume: bool = False, fresh: bool = False) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        last = self.run_dir / "last.pt"
+        if last.exists() and not (resume or fresh):
+            done = load_checkpoint(last).get("epoch", "?")
+            raise RunExistsError(f"{self.run_dir} already holds a run (last.pt after epoch {done} of "
+                                 f"{cfg.train.epochs}); pass --resume to continue it or --fresh to start over")
+        self._setup()
+        state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_acc1": -1.0, "history": [], "totals": {}}
+        if resume and last.exists():
+            state = self._restore(last)
+        elif ctx.is_main:
+            self._clear_run_files()
+        if ctx.is_main:
+            cfg.save(self.run_dir / "config.yaml")
+        writer = self._tensorboard(state["step"])
+        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._request_stop)
+        start = time.time()
+        try:
+            while state["epoch"] < cfg.train.epochs:
+                finished = self._train_epoch(state, writer)
+                if not finished:
+                    self._save(state, "last.pt")
+                    log.info("stopped at epoch %d step %d; continue with --resume", state["epoch"], state["step"])
+                    break
+                acc1, acc5 = self.evaluate()
+                row = {"epoch": state["epoch"] + 1, **state.pop("epoch_metrics"), "val_acc1": acc1, "val_acc5": acc5}
+                state["history"].append(row)
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+                best = acc1 > state["best_acc1"]
+                state["best_acc1"] = max(acc1, state["best_acc1"])
+                self._save(state, "last.pt")
+                if best:
+                    self._save(state, "best.pt")
+                self._log_epoch(state["history"], writer)
+        finally:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+            if writer is not None:
+                writer.close()
+        return self._summary(state, time.time() - start)
+
+    def _request_stop(self, signum, frame):
+        log.warning("signal %d: finishing this step, saving last.pt, then stopping", signum)
+        self.stop_requested = True
+
+    def _should_stop(self, state) -> bool:
+        stop = self.stop_requested or (self.cfg.train.max_steps is not None and state["step"] >= self.cfg.train.max_steps)
+        return bool(D.all_sum(self.ctx, [float(stop)])[0]) if self.ctx.distributed else stop
+
+    def _train_epoch(self, state: dict, writer) -> bool:
+        """One epoch from state['step_in_epoch']; False if it stopped early (state is then resumable)."""
+        cfg, ctx = self.cfg, self.ctx
+        epoch, start = state["epoch"], state["step_in_epoch"]
+        if start == 0:
+            seed_everything(epoch_seed(cfg.seed, ctx.rank, epoch))
+        if self._should_stop(state):
+            return False
+        self.sampler.set_epoch(epoch, start * cfg.train.batch_size)
+        self.net.train()
+        if start == 0:
+            state["totals"] = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        totals = state["totals"]
+        bar = tqdm(self.loader, total=self.steps_per_epoch - start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   unit="batch", disable=not (self.progress and ctx.is_main), leave=False)
+        t0 = time.time()
+        for batch in bar:
+            self.skipped.extend({"index": s.index, "path": s.path, "reason": s.reason} for s in batch["skipped"])
+            if len(batch["label"]) == 0:
+                continue
+            loss, correct = self._step(batch)
+            n = len(batch["label"])
+            totals["loss"] += loss * n
+            totals["correct"] += correct
+            totals["seen"] += n
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            totals["seconds"] += time.time() - t0
+            t0 = time.time()
+            rate = totals["seen"] * ctx.world_size / max(totals["seconds"], 1e-9)
+            bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}",
+                            acc=f"{totals['correct'] / totals['seen']:.3f}", img_s=f"{rate:.0f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss, state["step"])
+            # Checked after a step, before the next batch draws any randomness, so a resumed run
+            # continues exactly; a stop on the epoch's last batch lets the epoch finish.
+            if state["step_in_epoch"] < self.steps_per_epoch and self._should_stop(state):
+                bar.close()
+                return False
+        bar.close()
+        seen = max(totals["seen"], 1.0)
+        state["epoch_metrics"] = {"lr": self.optimizer.param_groups[-1]["lr"], "train_loss": totals["loss"] / seen,
+                                  "train_acc": totals["correct"] / seen,
+                                  "images_per_s": totals["seen"] * ctx.world_size / max(totals["seconds"], 1e-9)}
+        return True
+
+    def _step(self, batch) -> tuple[float, float]:
+        device = self.ctx.device
+        images = batch["image"].to(device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = batch["label"].to(device, non_blocking=True)
+        pad_mask = batch["pad_mask"].to(device) if self.takes_pad_mask and "pad_mask" in batch else None
+        loss, logits = train_step(self.net, self.model, self.optimizer, self.scaler, images, labels,
+                                  precision=self.precision, clip_grad=self.cfg.train.clip_grad,
+                                  label_smoothing=self.cfg.train.label_smoothing, pad_mask=pad_mask)
+        self.scheduler.step()
+        return loss.item(), (logits.argmax(1) == labels).sum().item()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Validation acc@1 and acc@5 over every sample exactly once (per sample, all ranks)."""
+        self.net.eval()
+        correct1 = correct5 = count = 0.0
+        for batch in self.val_loader:
+            if len(batch["label"]) == 0:
+                continue
+            images = batch["image"].to(self.ctx.device)
+            labels = batch["label"].to(self.ctx.device)
+            kwargs = {"pad_mask": batch["pad_mask"].to(self.ctx.device)} if self.takes_pad_mask and "pad_mask" in batch else {}
+            with autocast(self.ctx.device, self.precision):
+                logits = self.net(images, **kwargs).float()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top == labels[:, None]
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(1).sum().item()
+            count += len(labels)
+        correct1, correct5, count = D.all_sum(self.ctx, [correct1, correct5, count])
+        return correct1 / max(count, 1), correct5 / max(count, 1)
+
+    # -------------------------------------------------------------------- files
+
+    def _save(self, state: dict, name: str) -> None:
+        rngs = [rng_state()]
+        if self.ctx.distributed:
+            rngs = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if not self.ctx.is_main:
+            return
+        payload = checkpoint_payload(
+            self.model, self.cfg.model.name, self.train_set.num_classes, self.train_set.classes, self.cfg.to_dict(),
+            epoch=state["epoch"], step=state["step"], step_in_epoch=state["step_in_epoch"],
+            best_acc1=state["best_acc1"], history=state["history"], totals=state["totals"],
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rngs)
+        save_checkpoint(self.run_dir / name, payload)
+
+    def _restore(self, path: Path) -> dict:
+        ckpt = load_checkpoint(path)
+        if ckpt.get("model_name") != self.cfg.model.name:
+            raise ValueError(f"{path} holds a {ckpt.get('model_name')!r} run, not {self.cfg.model.name!r}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        state = {k: ckpt[k] for k in ("epoch", "step", "step_in_epoch", "best_acc1", "history", "totals")}
+        if state["step_in_epoch"]:
+            rngs = ckpt["rng"]
+            if len(rngs) != self.ctx.world_size:
+                raise ValueError(f"{path} stopped mid-epoch with {len(rngs)} processes; resume with the same number "
+                                 f"(got {self.ctx.world_size}) or from an epoch boundary")
+            set_rng_state(rngs[self.ctx.rank])
+        log.info("resuming %s at epoch %d, step %d", path, state["epoch"], state["step"])
+        return state
+
+    def _tensorboard(self, step: int):
+        if not (self.ctx.is_main and self.cfg.train.log_tensorboard):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed; no TensorBoard scalars are written")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step or None)
+
+    def _clear_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt", "log.csv", "summary.json"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        if (self.run_dir / "tensorboard").is_dir():
+            shutil.rmtree(self.run_dir / "tensorboard")
+
+    def _log_epoch(self, history: list[dict], writer) -> None:
+        """Rewrite log.csv from the checkpointed history (so it always matches last.pt)."""
+        if not self.ctx.is_main:
+            return
+        row = history[-1]
+        with open(self.run_dir / "log.csv", "w", newline="") as fh:
+            out = csv.DictWriter(fh, fieldnames=list(row))
+            out.writeheader()
+            out.writerows(history)
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+        log.info("epoch %d: loss %.4f, train acc %.3f, val acc@1 %.4f, acc@5 %.4f, %.0f img/s", row["epoch"],
+                 row["train_loss"], row["train_acc"], row["val_acc1"], row["val_acc5"], row["images_per_s"])
+
+    def _summary(self, state: dict, seconds: float) -> dict:
+        skipped = self.skipped
+        if self.ctx.distributed:
+            gathered = [None] * self.ctx.world_size
+            torch.distributed.all_gather_object(gathered, self.skipped)
+            skipped = [s for part in gathered for s in part]
+        last = state["history"][-1] if state["history"] else {}
+        summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "epochs_done": state["epoch"],
+                   "epochs": self.cfg.train.epochs, "steps": state["step"], "best_acc1": state["best_acc1"],
+                   "final_acc1": last.get("val_acc1"), "final_acc5": last.get("val_acc5"),
+                   "seconds": round(seconds, 1), "skipped_files": skipped,
+                   "finished": state["epoch"] >= self.cfg.train.epochs}
+        if self.ctx.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if skipped:
+                log.warning("%d unreadable file(s) were skipped; see %s", len(skipped), self.run_dir / "summary.json")
+        return summary
+
+
+def train(cfg: Config, *, resume: bool = False, fresh: bool = False, progress: bool = True) -> dict:
+    """Train `cfg.model` on `cfg.dataset` with `cfg.train`; returns the run summary."""
+    ctx = D.init_distributed()
+    try:
+        return Trainer(cfg, ctx, progress).fit(resume=resume, fresh=fresh)
+    finally:
+        D.shutdown(ctx)
