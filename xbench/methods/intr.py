@@ -79,8 +79,11 @@ class KANLinear(nn.Module):
         self.register_buffer("grid", knots.expand(in_features, -1).contiguous())
         self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5))
-        nn.init.normal_(self.spline_weight, std=0.1 / math.sqrt(in_features))
+        nn.init.normal_(self.spline_weight, std=0.1 / math.sqrt(self.base_weight.shape[1]))
 
     def bases(self, x: torch.Tensor) -> torch.Tensor:
         """B-spline bases by the Cox-de Boor recursion: (N, in) -> (N, in, grid_size + order)."""

@@ -1,0 +1,146 @@
+"""Input attributions from captum, reduced to one map per image.
+
+Reduction rule: the map is the sum over colour channels of the attribution's absolute value,
+(B, 3, H, W) -> (B, H, W). Baselines are values in normalised input space (0.0 is the dataset
+mean colour). Stochastic methods (smoothgrad, gradient_shap) draw their noise from `seed` for
+each image on its own, so an image's map does not depend on the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+from torch import nn
+
+from ..registry import register_explainer
+from .explainer import Explainer
+
+ANY_MODEL = "any differentiable classifier"
+
+
+def channel_abs_sum(attributions: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W): the documented reduction, sum over channels of |a|."""
+    return attributions.detach().abs().sum(1)
+
+
+class CaptumExplainer(Explainer):
+    """Runs `attribute(images, targets)` with gradients on, reduces channels."""
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def explain(self, images, targets):
+        with torch.enable_grad():
+            maps = channel_abs_sum(self.attribute(images.detach().requires_grad_(True), targets))
+        self.model.zero_grad(set_to_none=True)
+        return maps
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """torch and NumPy draws from `seed` (captum uses both), global states restored afterwards."""
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+class SeededPerImage(CaptumExplainer):
+    """For stochastic methods: each image alone, its noise drawn from `seed`."""
+
+    def __init__(self, model: nn.Module, seed: int = 0):
+        super().__init__(model)
+        self.seed = seed
+
+    def attribute_one(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attribute(self, images, targets):
+        out = []
+        for image, target in zip(images, targets):
+            with _seeded(self.seed, image.device):
+                out.append(self.attribute_one(image[None], target[None]))
+        return torch.cat(out)
+
+
+@register_explainer("saliency", description="gradient magnitude (Simonyan et al. 2014)", models=ANY_MODEL)
+class SaliencyExplainer(CaptumExplainer):
+    def attribute(self, images, targets):
+        return Saliency(self.model).attribute(images, target=targets, abs=True)
+
+
+@register_explainer("input_x_gradient", description="input x gradient", models=ANY_MODEL)
+class InputXGradientExplainer(CaptumExplainer):
+    def attribute(self, images, targets):
+        return InputXGradient(self.model).attribute(images, target=targets)
+
+
+@register_explainer("integrated_gradients", description="Integrated Gradients from a constant baseline",
+                    models=ANY_MODEL)
+class IntegratedGradientsExplainer(CaptumExplainer):
+    """`steps` Gauss-Legendre points from `baseline`; `internal_batch_size` bounds one forward pass."""
+
+    def __init__(self, model: nn.Module, steps: int = 32, baseline: float = 0.0, internal_batch_size: int = 64):
+        super().__init__(model)
+        self.steps, self.baseline, self.internal_batch_size = steps, baseline, internal_batch_size
+
+    def attribute(self, images, targets):
+        return IntegratedGradients(self.model).attribute(
+            images, baselines=self.baseline, target=targets, n_steps=self.steps,
+            internal_batch_size=self.internal_batch_size)
+
+
+@register_explainer("smoothgrad", description="SmoothGrad: saliency averaged over noisy copies", models=ANY_MODEL)
+class SmoothGradExplainer(SeededPerImage):
+    """`samples` noisy copies with std `noise` x (max - min) of the image (Smilkov et al. 2017)."""
+
+    def __init__(self, model: nn.Module, samples: int = 16, noise: float = 0.15, seed: int = 0):
+        super().__init__(model, seed)
+        self.samples, self.noise = samples, noise
+
+    def attribute_one(self, image, target):
+        std = self.noise * float(image.detach().max() - image.detach().min())
+        return NoiseTunnel(Saliency(self.model)).attribute(
+            image, nt_type="smoothgrad", nt_samples=self.samples, nt_samples_batch_size=self.samples,
+            stdevs=std, target=target)
+
+
+@register_explainer("occlusion", description="occlusion: score change under a sliding grey window",
+                    models=ANY_MODEL)
+class OcclusionExplainer(CaptumExplainer):
+    """A `window` x `window` patch moved by `stride`, filled with `baseline` (normalised space)."""
+
+    def __init__(self, model: nn.Module, window: int = 16, stride: int = 8, baseline: float = 0.0,
+                 perturbations_per_eval: int = 32):
+        super().__init__(model)
+        self.window, self.stride, self.baseline = window, stride, baseline
+        self.perturbations_per_eval = perturbations_per_eval
+
+    def attribute(self, images, targets):
+        with torch.no_grad():
+            return Occlusion(self.model).attribute(
+                images, sliding_window_shapes=(images.shape[1], self.window, self.window),
+                strides=(images.shape[1], self.stride, self.stride), baselines=self.baseline, target=targets,
+                perturbations_per_eval=self.perturbations_per_eval)
+
+
+@register_explainer("gradient_shap", description="GradientSHAP: expected gradients from noisy baselines",
+                    models=ANY_MODEL)
+class GradientShapExplainer(SeededPerImage):
+    """Baselines: the constant `baseline` image plus `baseline_noise` Gaussian noise, `samples` draws."""
+
+    def __init__(self, model: nn.Module, samples: int = 16, baseline: float = 0.0, baseline_noise: float = 1.0,
+                 seed: int = 0):
+        super().__init__(model, seed)
+        self.samples, self.baseline, self.baseline_noise = samples, baseline, baseline_noise
+
+    def attribute_one(self, image, target):
+        baselines = self.baseline + self.baseline_noise * torch.randn(4, *image.shape[1:], device=image.device)
+        return GradientShap(self.model).attribute(image, baselines=baselines, n_samples=self.samples, target=target)
