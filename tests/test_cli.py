@@ -10,7 +10,8 @@ from xbench.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [[], ["list"], ["data"], ["data", "synth"], ["data", "check"], ["train"]])
+@pytest.mark.parametrize("args", [[], ["list"], ["data"], ["data", "synth"], ["data", "check"], ["train"],
+                                  ["evaluate"]])
 def test_every_command_has_useful_help(args):
     result = runner.invoke(app, [*args, "--help"])
     assert result.exit_code == 0
@@ -55,4 +56,11 @@ def test_list_shows_datasets():
     result = runner.invoke(app, ["list", "datasets"])
     assert result.exit_code == 0
     for name in ("cub", "folder", "imagenet", "synth"):
+        assert name in result.output
+
+
+def test_list_shows_metrics():
+    result = runner.invoke(app, ["list", "metrics"])
+    for name in ("insertion_deletion", "average_drop_gain", "pointing_game", "max_box_accuracy",
+                 "parameter_randomisation"):
         assert name in result.output

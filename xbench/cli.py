@@ -34,12 +34,14 @@ def _friendly_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from .datasets.base import DatasetError
+        from .engine.store import StoreLocked
         from .registry import UnknownNameError
 
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DatasetError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError) as exc:
-            # CheckpointError and RunExistsError are ValueError / FileExistsError subclasses.
+        except (ConfigError, DatasetError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError,
+                StoreLocked) as exc:
+            # CheckpointError, StoreMismatch (ValueError) and RunExistsError (FileExistsError) included.
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
@@ -169,6 +171,46 @@ def train_cmd(
     state = "finished" if summary["finished"] else "stopped (resume with --resume)"
     typer.echo(f"{summary['model']}: {state} after epoch {summary['epochs_done']}/{summary['epochs']}, "
                f"best val acc@1 {summary['best_acc1']:.4f}, run in {summary['run_dir']}")
+
+
+@app.command("evaluate")
+@_friendly_errors
+def evaluate_cmd(
+    methods: str | None = typer.Option(None, "--methods", help="Comma-separated methods: explainer@model, "
+                                       "intr/icn/ca_stream (their attention), or a post-hoc name (on cnn)."),
+    dataset: str | None = DatasetOpt,
+    data_root: str | None = RootOpt,
+    split: str | None = typer.Option(None, help="Split to evaluate (default: dataset.eval_split)."),
+    limit: int | None = typer.Option(None, help="Evaluate a fixed, seeded subset of this many samples."),
+    protocol: str | None = typer.Option(None, help="Perturbation protocol: ca_stream (8 rows/step, true class) "
+                                        "or rise (1 row/step, predicted class)."),
+    target: str | None = typer.Option(None, help="Class explained: gt or pred (default: the protocol's)."),
+    out: Path | None = typer.Option(None, "--out", help="Results directory (default results/<dataset>)."),
+    checkpoint: List[str] | None = typer.Option(None, "--checkpoint",
+                                                help="model=path of a checkpoint to use (repeatable)."),
+    config: List[Path] | None = ConfigOpt,
+    set_: List[str] | None = SetOpt,
+    fresh: bool = typer.Option(False, "--fresh", help="Discard the directory's earlier results."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another run holding the directory instead of failing."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Score every method with every metric; resumable shard by shard, torchrun-ready."""
+    from .engine.evaluate import evaluate
+
+    _setup_logging()
+    sets = list(set_ or [])
+    for key, value in (("methods", methods), ("split", split), ("limit", limit), ("protocol", protocol),
+                       ("target", target)):
+        if value is not None:
+            sets.append(f"evaluate.{key}={value}")
+    for item in checkpoint or []:
+        name, _, path = item.partition("=")
+        if not path:
+            raise ValueError(f"--checkpoint {item!r} must be model=path")
+        sets.append(f"evaluate.checkpoints.{name}={path}")
+    cfg = resolve_config(config, sets, dataset=dataset, data_root=data_root)
+    root = evaluate(cfg, out=out, fresh=fresh, wait=wait, progress=progress)
+    typer.echo(f"results in {root} (results.csv, curves.npz, maps.npz, summary.json)")
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""Metrics: a functional, batched, torch API, and the registered scorers the engine runs.
+
+Functional API (every function scores each image on its own, so values never depend on
+the rest of the batch)::
+
+    accuracy_topk(logits, labels, ks=(1, 5))
+    insertion_deletion(model, images, saliency, targets, step=..., blur=(11, 5.0), batch_size=...)
+    average_drop_gain(model, images, saliency, targets, mean, std)
+    pointing_game(saliency, region), energy_pointing_game(saliency, boxes_or_region),
+    mass_accuracy(saliency, region), rank_accuracy(saliency, region), max_box_accuracy(saliency, boxes)
+    sparseness(saliency), complexity(saliency), parameter_randomisation(maps_trained, maps_random)
+
+A registered scorer takes a `MetricInput` (one batch of one method) and returns per-sample
+columns and curves. Its registry entry says, per column, whether higher is better and how a
+table aggregates it (`mean`, `class_mean`, or a `curve` reduced by the leaderboard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..registry import METRICS, register_metric
+from .accuracy import accuracy_topk
+from .complexity import complexity, sparseness
+from .confidence import average_drop_gain
+from .localisation import (
+    boxes_to_mask,
+    centre_pointing_game,
+    class_mean,
+    energy_pointing_game,
+    mass_accuracy,
+    max_box_acc,
+    max_box_accuracy,
+    pointing_game,
+    rank_accuracy,
+)
+from .perturbation import PROTOCOLS, insertion_deletion, protocol_step
+from .sanity import parameter_randomisation, randomised_copy
+
+__all__ = [
+    "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
+    "energy_pointing_game", "mass_accuracy", "rank_accuracy", "max_box_accuracy", "max_box_acc", "boxes_to_mask",
+    "sparseness", "complexity", "parameter_randomisation", "randomised_copy", "class_mean", "MetricInput",
+    "MetricOutput", "column_info", "PROTOCOLS", "protocol_step", "REGIONS",
+]
+
+# Ground-truth regions a batch may carry: name in results -> batch key.
+REGIONS = {"box": "box", "mask": "mask", "parts": "disc_mask"}
+
+
+@dataclass
+class MetricInput:
+    """One batch of one method, ready to score; `maps` are prepared (B, H, W) in [0, 1]."""
+
+    model: nn.Module
+    images: torch.Tensor
+    maps: torch.Tensor
+    targets: torch.Tensor  # the class explained and scored, (B,)
+    labels: torch.Tensor
+    original: torch.Tensor  # probability of `targets` on the images, (B,)
+    regions: dict[str, torch.Tensor]  # region name -> (B, H, W) bool
+    boxes: torch.Tensor | None
+    mean: tuple
+    std: tuple
+    step: int
+    chunk: int
+    randomised_maps: Callable[[], torch.Tensor] | None = None  # maps of the randomised model
+
+
+@dataclass
+class MetricOutput:
+    values: dict[str, torch.Tensor] = field(default_factory=dict)  # column -> (B,)
+    curves: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, ...)
+
+
+@register_metric("insertion_deletion", description="insertion (up) and deletion (down) AUCs, RISE-style",
+                 columns={"insertion": ("higher", "mean"), "deletion": ("lower", "mean")})
+def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
+    r = insertion_deletion(inp.model, inp.images, inp.maps, inp.targets, step=inp.step, batch_size=inp.chunk)
+    return MetricOutput({"insertion": r["insertion"], "deletion": r["deletion"]},
+                        {"insertion_curve": r["insertion_curve"], "deletion_curve": r["deletion_curve"]})
+
+
+@register_metric("average_drop_gain", description="average drop (down), increase and gain (up), raw-pixel masking",
+                 columns={"drop": ("lower", "mean"), "increase": ("higher", "mean"), "gain": ("higher", "mean")})
+def score_average_drop_gain(inp: MetricInput) -> MetricOutput:
+    r = average_drop_gain(inp.model, inp.images, inp.maps, inp.targets, inp.mean, inp.std, original=inp.original,
+                          batch_size=inp.chunk)
+    return MetricOutput({"drop": r["drop"], "increase": r["increase"].float(), "gain": r["gain"]})
+
+
+@register_metric("pointing_game", description="argmax within 15 px of the region (per-class mean); centre baseline",
+                 columns={"pointing_game_{region}": ("higher", "class_mean"),
+                          "pointing_centre_{region}": ("higher", "class_mean")})
+def score_pointing_game(inp: MetricInput) -> MetricOutput:
+    values = {}
+    for name, region in inp.regions.items():
+        values[f"pointing_game_{name}"] = pointing_game(inp.maps, region).float()
+        values[f"pointing_centre_{name}"] = centre_pointing_game(region).float()
+    return MetricOutput(values)
+
+
+@register_metric("energy_pointing_game", description="share of saliency inside the box (Score-CAM)",
+                 columns={"energy_pointing_game_box": ("higher", "mean")})
+def score_energy_pointing_game(inp: MetricInput) -> MetricOutput:
+    if "box" not in inp.regions:
+        return MetricOutput()
+    return MetricOutput({"energy_pointing_game_box": energy_pointing_game(inp.maps, inp.regions["box"])})
+
+
+@register_metric("mass_accuracy", description="share of saliency inside the object / discriminative-part mask",
+                 columns={"mass_accuracy_{region}": ("higher", "mean")})
+def score_mass_accuracy(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({f"mass_accuracy_{n}": mass_accuracy(inp.maps, r) for n, r in inp.regions.items()
+                         if n != "box"})
+
+
+@register_metric("rank_accuracy", description="share of the K most salient pixels inside the mask (K = its area)",
+                 columns={"rank_accuracy_{region}": ("higher", "mean")})
+def score_rank_accuracy(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({f"rank_accuracy_{n}": rank_accuracy(inp.maps, r) for n, r in inp.regions.items()
+                         if n != "box"})
+
+
+@register_metric("max_box_accuracy", description="MaxBoxAcc (delta 0.5) and MaxBoxAccV2 (delta 0.3/0.5/0.7)",
+                 columns={"max_box_acc": ("higher", "curve"), "max_box_acc_v2": ("higher", "curve")})
+def score_max_box_accuracy(inp: MetricInput) -> MetricOutput:
+    if inp.boxes is None:
+        return MetricOutput()
+    hits = max_box_accuracy(inp.maps, inp.boxes)
+    return MetricOutput(curves={"box_hits_v1": hits["v1"], "box_hits_v2": hits["v2"]})
+
+
+@register_metric("sparseness", description="Gini index of the map (up: sparser)",
+                 columns={"sparseness": ("higher", "mean")})
+def score_sparseness(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({"sparseness": sparseness(inp.maps)})
+
+
+@register_metric("complexity", description="entropy of the map as a distribution (down: simpler)",
+                 columns={"complexity": ("lower", "mean")})
+def score_complexity(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({"complexity": complexity(inp.maps)})
+
+
+@register_metric("parameter_randomisation", opt_in=True,
+                 description="Spearman between maps of the trained and top-layer-randomised model (down; opt-in)",
+                 columns={"randomisation_spearman": ("lower", "mean")})
+def score_parameter_randomisation(inp: MetricInput) -> MetricOutput:
+    if inp.randomised_maps is None:
+        return MetricOutput()
+    return MetricOutput({"randomisation_spearman": parameter_randomisation(inp.maps, inp.randomised_maps())})
+
+
+def column_info(column: str) -> tuple[str, str] | None:
+    """(direction 'higher'/'lower', aggregate 'mean'/'class_mean'/'curve') of a result column."""
+    for entry in METRICS.entries():
+        for template, info in entry.meta.get("columns", {}).items():
+            names = [template.format(region=r) for r in REGIONS] if "{region}" in template else [template]
+            if column in names:
+                return info
+    return None

@@ -1,0 +1,164 @@
+"""The evaluation engine: sharding, resuming, locking, the store, and what figures need."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import xbench
+from xbench.config import load_config
+from xbench.datasets import build_dataset
+from xbench.datasets.synth import SynthSettings, generate
+from xbench.engine.evaluate import Evaluator, evaluate, evaluation_indices, parse_methods
+from xbench.engine.store import ResultStore, StoreLocked, StoreMismatch, load_results
+from xbench.registry import UnknownNameError
+from xbench.train.checkpoint import checkpoint_payload, save_checkpoint
+
+HALF = {"backbone": "resnet18", "channels": [16, 32, 64, 128]}
+TINY_INTR = {**HALF, "output_stride": 16, "hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 1,
+             "dim_feedforward": 32, "dropout": 0.0, "freeze_backbone": True}
+METHODS = "gradcam,intr,ca_stream,gradcam@intr,random,centre"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny synthetic split and random-weight checkpoints of cnn, ca_stream and intr."""
+    base = tmp_path_factory.mktemp("engine")
+    settings = SynthSettings(classes=3, size=48, train_per_class=1, test_per_class=4, seed=9)
+    root = generate(base / "data", settings, progress=False)
+    overrides = ["dataset.name=synth", "dataset.format=synth", f"dataset.root={root}", "dataset.image_size=48",
+                 "dataset.synth.classes=3", "dataset.synth.size=48", "dataset.synth.train_per_class=1",
+                 "dataset.synth.test_per_class=4", "dataset.synth.seed=9", f"output_dir={base / 'runs'}",
+                 f"evaluate.methods={METHODS}", "evaluate.batch_size=4", "evaluate.saliency_samples=5"]
+    classes = build_dataset(load_config([], overrides).dataset, "test").classes
+    torch.manual_seed(0)
+    for name, options in (("cnn", HALF), ("ca_stream", HALF), ("intr", TINY_INTR)):
+        model = xbench.build_model(name, num_classes=3, **options)
+        payload = checkpoint_payload(model, name, 3, classes, {"model": {"name": name, **options}})
+        save_checkpoint(base / "runs" / "synth" / name / "best.pt", payload)
+    return base, overrides
+
+
+def _rows(path) -> pd.DataFrame:
+    return load_results(path)[0].sort_values(["method", "index"]).reset_index(drop=True)
+
+
+def test_one_shard_or_four_gives_identical_rows(setup):
+    base, overrides = setup
+    one = evaluate(load_config([], overrides + ["evaluate.shard_size=12"]), out=base / "one", progress=False)
+    four = evaluate(load_config([], overrides + ["evaluate.shard_size=4"]), out=base / "four", progress=False)
+    a, b = _rows(one), _rows(four)
+    assert len(a) == 12 * 6 and set(a["method"]) == {
+        "gradcam@cnn", "attention@intr", "attention@ca_stream", "gradcam@intr", "random@cnn", "centre@cnn"}
+    pd.testing.assert_frame_equal(a, b)
+    assert len(ResultStore(four).done_shards()) == 3
+    curves_a, curves_b = load_results(one)[1], load_results(four)[1]
+    assert curves_a["insertion_curve"].shape == (72, 7)  # 48 px, 8 rows of 48 per step: 6 steps + 1
+    rows_a = load_results(one)[0]
+    for key in ("insertion_curve", "box_hits_v2"):  # curves follow their rows through the merge
+        ra = rows_a.iloc[curves_a[f"{key}.row"]][["method", "index"]].to_numpy()
+        rb = load_results(four)[0].iloc[curves_b[f"{key}.row"]][["method", "index"]].to_numpy()
+        lookup = {tuple(r): i for i, r in enumerate(rb)}
+        for i, r in enumerate(ra):
+            np.testing.assert_array_equal(curves_a[key][i], curves_b[key][lookup[tuple(r)]])
+
+
+def test_rows_hold_every_metric_and_auc_matches_curve(setup):
+    base, overrides = setup
+    rows, curves = load_results(evaluate(load_config([], overrides), out=base / "cols", progress=False))
+    for column in ("insertion", "deletion", "drop", "gain", "increase", "pointing_game_box", "pointing_game_mask",
+                   "pointing_game_parts", "pointing_centre_parts", "energy_pointing_game_box", "mass_accuracy_mask",
+                   "mass_accuracy_parts", "rank_accuracy_parts", "sparseness", "complexity", "acc1", "acc5",
+                   "degenerate", "nonfinite", "target", "label", "prediction", "prob"):
+        assert column in rows.columns, column
+    curve = curves["insertion_curve"]
+    auc = (curve.sum(1) - (curve[:, 0] + curve[:, -1]) / 2) / (curve.shape[1] - 1)
+    np.testing.assert_allclose(rows["insertion"].to_numpy()[curves["insertion_curve.row"]], auc, atol=1e-6)
+    assert rows.loc[rows["method"] == "centre@cnn", "degenerate"].eq(False).all()
+
+
+def test_a_failed_run_resumes_without_redoing_finished_shards(setup, monkeypatch):
+    base, overrides = setup
+    cfg = load_config([], overrides + ["evaluate.shard_size=4"])
+    reference = _rows(evaluate(cfg, out=base / "ref", progress=False))
+    calls = {"n": 0}
+    original = Evaluator._run_shard
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "_run_shard", failing)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, out=base / "resumed", progress=False)
+    assert ResultStore(base / "resumed").done_shards() == {0, 1}
+    assert not list((base / "resumed" / "shards").glob(".*.tmp"))
+    done = {p: p.stat().st_mtime_ns for p in (base / "resumed" / "shards").glob("0000[01].csv")}
+    monkeypatch.setattr(Evaluator, "_run_shard", original)
+    resumed = _rows(evaluate(cfg, out=base / "resumed", progress=False))
+    pd.testing.assert_frame_equal(resumed, reference)
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished shards were not rewritten
+
+
+def test_other_settings_and_a_second_process_are_refused(setup):
+    base, overrides = setup
+    evaluate(load_config([], overrides), out=base / "guarded", progress=False)
+    with pytest.raises(StoreMismatch, match="methods differ"):
+        evaluate(load_config([], overrides + ["evaluate.methods=gradcam"]), out=base / "guarded", progress=False)
+    with ResultStore(base / "guarded").lock():
+        with pytest.raises(StoreLocked, match="is in use by pid .*--wait"):
+            evaluate(load_config([], overrides), out=base / "guarded", progress=False)
+    fresh = evaluate(load_config([], overrides + ["evaluate.methods=gradcam"]), out=base / "guarded", fresh=True,
+                     progress=False)
+    assert set(load_results(fresh)[0]["method"]) == {"gradcam@cnn"}
+
+
+def test_store_keeps_what_figures_need(setup):
+    base, overrides = setup
+    out = evaluate(load_config([], overrides), out=base / "figs", progress=False)
+    with np.load(out / "maps.npz") as data:
+        keys = set(data.files)
+        samples = {int(k.split("|")[1]) for k in keys if k.startswith("image|")}
+        assert len(samples) == 5
+        for i in samples:
+            assert data[f"image|{i}"].shape == (48, 48, 3) and data[f"image|{i}"].dtype == np.uint8
+            for method in ("gradcam@cnn", "attention@intr", "random@cnn"):
+                saliency = data[f"saliency|{method}|{i}"]
+                assert saliency.dtype == np.float16 and saliency.shape == (48, 48)
+            assert data[f"topk|cnn|{i}"].shape == (3, 2)  # top-k capped at the class count
+            heads = data[f"heads|intr|{i}"]
+            assert heads.shape == (4, 4, 3, 3)  # true class + top-3, 4 heads, 3x3 grid at stride 16
+            np.testing.assert_allclose(heads.astype(np.float32).sum((-1, -2)), 1.0, atol=1e-2)
+            assert data[f"headclasses|intr|{i}"].shape == (4,)
+    summary = (out / "summary.json").read_text()
+    assert '"rows": 72' in summary and "versions" not in summary
+    assert "grad-cam" in (out / "versions.json").read_text()
+
+
+def test_method_names_and_subsets():
+    methods = parse_methods(["intr", "gradcam", "gradcam@ca_stream", "icn", "ca_stream", "rise@intr"])
+    assert [m.label for m in methods] == ["attention@intr", "gradcam@cnn", "gradcam@ca_stream", "attention@icn",
+                                          "attention@ca_stream", "rise@intr"]
+    with pytest.raises(UnknownNameError, match="unknown method 'gradcom'"):
+        parse_methods(["gradcom"])
+    with pytest.raises(UnknownNameError, match="unknown model 'vit'"):
+        parse_methods(["gradcam@vit"])
+    assert evaluation_indices(10, None, 0) == list(range(10))
+    subset = evaluation_indices(1000, 20, 0)
+    assert len(subset) == 20 and subset == sorted(subset) and subset == evaluation_indices(1000, 20, 0)
+    assert max(subset) > 500  # spread over the split, not its first classes
+
+
+def test_missing_checkpoint_and_wrong_classes_are_named(setup, tmp_path):
+    base, overrides = setup
+    with pytest.raises(FileNotFoundError, match="no checkpoint for icn: .*xbench train --method icn"):
+        evaluate(load_config([], overrides + ["evaluate.methods=icn"]), out=tmp_path / "x", progress=False)
+    model = xbench.build_model("cnn", num_classes=5, **HALF)
+    save_checkpoint(tmp_path / "five.pt", checkpoint_payload(model, "cnn", 5, list("abcde"), {}))
+    with pytest.raises(ValueError, match="trained for 5 classes but 3 are asked for"):
+        evaluate(load_config([], overrides + ["evaluate.methods=gradcam", f"evaluate.checkpoints.cnn={tmp_path}/five.pt"]),
+                 out=tmp_path / "y", progress=False)

@@ -1,0 +1,176 @@
+"""The per-sample result store of an evaluation run, ``results/<run>/``::
+
+    run.json            what the rows depend on (a resumed run must match it)
+    config.yaml         the resolved config;  versions.json: torch, timm, grad-cam, captum, ...
+    shards/00003.csv    one row per (sample, method); written last, so it marks the shard done
+    shards/00003.npz    curves (insertion/deletion, box hits), aligned with the CSV's rows
+    shards/00003.maps.npz   saliency maps (float16), images, top-k and INTR per-head maps of
+                        the fixed subset of samples that figures show
+    results.csv, curves.npz, maps.npz, summary.json   the merge of every shard (rank 0)
+
+Every file is written to a temporary name and renamed, so a killed run leaves no partial
+shard; `lock()` keeps a second process out of the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PACKAGES = ("xbench", "torch", "torchvision", "timm", "grad-cam", "captum", "numpy", "pandas")
+
+
+class StoreLocked(RuntimeError):
+    """Another process is writing to this results directory."""
+
+
+class StoreMismatch(ValueError):
+    """The directory holds a run with other settings."""
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_npz(arrays: dict[str, np.ndarray]):
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return write
+
+
+class ResultStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.shards = self.root / "shards"
+
+    # -------------------------------------------------------------------- lock
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = False):
+        """Exclusive use of the directory; refuses (or waits, with `wait`) if another process has it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        fh = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise StoreLocked(f"{self.root} is in use by {holder}; wait for it to finish, pass --wait, "
+                                  "or evaluate into another --out") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            fh.flush()
+            yield self
+        finally:
+            fh.close()  # closing releases the lock
+
+    # -------------------------------------------------------------------- setup
+
+    def prepare(self, fingerprint: dict[str, Any], config_text: str, fresh: bool = False) -> None:
+        """Check or record what the rows depend on; clear temporaries of a killed run."""
+        run = self.root / "run.json"
+        fingerprint = json.loads(json.dumps(fingerprint))
+        if run.exists() and not fresh:
+            stored = json.loads(run.read_text())
+            if stored != fingerprint:
+                diff = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+                raise StoreMismatch(f"{self.root} holds a run with other settings ({', '.join(diff)} differ); "
+                                    "evaluate into another --out, or pass --fresh to replace it")
+        if fresh:
+            for path in list(self.shards.glob("*")) + [self.root / n for n in
+                                                        ("results.csv", "curves.npz", "maps.npz", "summary.json")]:
+                path.unlink(missing_ok=True)
+        self.shards.mkdir(parents=True, exist_ok=True)
+        for tmp in self.shards.glob(".*.tmp"):
+            tmp.unlink()
+        _atomic_write(run, lambda t: Path(t).write_text(json.dumps(fingerprint, indent=2) + "\n"))
+        _atomic_write(self.root / "config.yaml", lambda t: Path(t).write_text(config_text))
+        _atomic_write(self.root / "versions.json", lambda t: Path(t).write_text(json.dumps(versions(), indent=2) + "\n"))
+
+    # -------------------------------------------------------------------- shards
+
+    def shard_path(self, shard: int, suffix: str) -> Path:
+        return self.shards / f"{shard:05d}{suffix}"
+
+    def done_shards(self) -> set[int]:
+        return {int(p.name[:5]) for p in self.shards.glob("[0-9]*.csv")}
+
+    def write_shard(self, shard: int, rows: list[dict], curves: dict[str, np.ndarray],
+                    maps: dict[str, np.ndarray], skipped: list[dict]) -> None:
+        _atomic_write(self.shard_path(shard, ".npz"), _save_npz(curves))
+        _atomic_write(self.shard_path(shard, ".maps.npz"), _save_npz(maps))
+        _atomic_write(self.shard_path(shard, ".skipped.json"),
+                      lambda t: Path(t).write_text(json.dumps(skipped) + "\n"))
+        frame = pd.DataFrame(rows)
+        _atomic_write(self.shard_path(shard, ".csv"), lambda t: frame.to_csv(t, index=False))
+
+    # -------------------------------------------------------------------- merged view
+
+    def merge(self, summary: dict[str, Any]) -> pd.DataFrame:
+        """Concatenate every shard into results.csv, curves.npz and maps.npz; write summary.json."""
+        shards = sorted(self.done_shards())
+        frames, curves, maps, skipped = [], {}, {}, []
+        offset = 0
+        for shard in shards:
+            frames.append(pd.read_csv(self.shard_path(shard, ".csv")))
+            with np.load(self.shard_path(shard, ".npz")) as data:
+                for key in data.files:  # 'name.row' holds each curve's CSV row within the shard
+                    curves.setdefault(key, []).append(data[key] + offset if key.endswith(".row") else data[key])
+            offset += len(frames[-1])
+            with np.load(self.shard_path(shard, ".maps.npz")) as data:
+                maps.update({key: data[key] for key in data.files})
+            skipped += json.loads(self.shard_path(shard, ".skipped.json").read_text())
+        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        merged = {k: np.concatenate(v) for k, v in curves.items()}
+        _atomic_write(self.root / "results.csv", lambda t: rows.to_csv(t, index=False))
+        _atomic_write(self.root / "curves.npz", _save_npz(merged))
+        _atomic_write(self.root / "maps.npz", _save_npz(maps))
+        summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
+        _atomic_write(self.root / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2) + "\n"))
+        return rows
+
+
+def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The merged rows and curves of a finished run (what reports read)."""
+    root = Path(root)
+    if not (root / "results.csv").is_file():
+        raise FileNotFoundError(f"{root} holds no results.csv; run `xbench evaluate --out {root}` first")
+    rows = pd.read_csv(root / "results.csv")
+    with np.load(root / "curves.npz") as data:
+        curves = {k: data[k] for k in data.files}
+    return rows, curves

@@ -1,0 +1,35 @@
+"""Complexity of a map: sparseness (Gini index) and entropy, per image.
+
+Both use the map upsampled to `size` (default: as given) and min-max normalised.
+- `sparseness`: Gini index of the pixel values, in [0, 1]; higher is sparser (Chalasani 2020).
+- `complexity`: entropy of the map normalised to sum 1, in [0, log(H*W)]; lower is simpler
+  (Bhatt 2020). An all-zero map counts as uniform: Gini 0, entropy log(H*W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .saliency import normalised
+
+
+def sparseness(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B,) Gini index of each map."""
+    maps = normalised(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
+    n = maps.shape[1]
+    sorted_values = maps.sort(1).values
+    i = torch.arange(1, n + 1, device=maps.device, dtype=maps.dtype)
+    total = sorted_values.sum(1)
+    gini = ((2 * i - n - 1) * sorted_values).sum(1) / (n * total.clamp_min(1e-12))
+    return torch.where(total > 0, gini, torch.zeros_like(gini))
+
+
+def complexity(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B,) entropy of each map as a distribution over pixels."""
+    maps = normalised(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
+    total = maps.sum(1, keepdim=True)
+    p = maps / total.clamp_min(1e-12)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
+    return torch.where(total[:, 0] > 0, entropy, torch.full_like(entropy, math.log(maps.shape[1])))

@@ -1,0 +1,40 @@
+"""Average Drop / Increase / Gain (Grad-CAM++ 2018; Opti-CAM 2024), per image.
+
+The masked image is built in raw pixel space: de-normalise, multiply by the saliency (upsampled,
+min-max normalised), re-normalise. With p the target's probability on the image and o on the
+masked image: drop = max(0, p - o) / p, increase = o > p, gain = max(0, o - p) / (1 - p).
+Tables show mean x 100 (AD lower is better; AI and AG higher). AG exists because a nearly
+uniform map scores well on AD and AI: report AD and AG together.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..datasets.transforms import denormalise, normalise
+from .forward import chunk_size, target_probabilities
+from .saliency import normalised
+
+
+def average_drop_gain(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
+                      mean, std, original: torch.Tensor | None = None, batch_size: int | None = None,
+                      memory_budget_mb: float = 1024) -> dict[str, torch.Tensor]:
+    """Per-image drop, gain (B,) in [0, 1] and increase (B,) bool.
+
+    `original` (B,) may give the target probabilities on the unmasked images (else computed).
+    """
+    b, _, h, w = images.shape
+    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
+    if targets.numel() != b:
+        raise ValueError(f"targets has {targets.numel()} entries for a batch of {b} images")
+    maps = normalised(saliency, (h, w))
+    masked = normalise(denormalise(images, mean, std) * maps[:, None], mean, std)
+    chunk = batch_size or chunk_size(model, images[0], memory_budget_mb)
+    o = target_probabilities(model, lambda s, e: (masked[s:e], targets[s:e]), b, chunk)
+    p = original if original is not None else target_probabilities(model, lambda s, e: (images[s:e], targets[s:e]),
+                                                                    b, chunk)
+    p = p.to(o)
+    drop = torch.where(p > 0, (p - o).clamp_min(0) / p.clamp_min(1e-12), torch.zeros_like(p))
+    gain = torch.where(p < 1, (o - p).clamp_min(0) / (1 - p).clamp_min(1e-12), torch.zeros_like(p))
+    return {"drop": drop.clamp(0, 1), "gain": gain.clamp(0, 1), "increase": o > p}

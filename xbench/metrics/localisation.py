@@ -1,0 +1,146 @@
+"""Localisation against ground-truth regions: boxes, object masks, discriminative-part masks.
+
+All functions take saliency (B, h, w) (upsampled to the region size and min-max normalised
+here) and return per-sample values; dataset-level numbers are aggregates of those:
+- `pointing_game`: the map's argmax (first on ties) within `tolerance` px of a region pixel
+  (Zhang et al. 2016); report the mean over classes of per-class hit rates (`class_mean`).
+- `energy_pointing_game` / `mass_accuracy`: share of saliency inside the region (Score-CAM 2020;
+  Arras et al. 2022) — the same quantity, named by the region it is usually scored against.
+- `rank_accuracy`: share of the top-K pixels (K = region area) inside the region.
+- `max_box_accuracy`: per threshold tau, binarise s >= tau, box the largest 8-connected
+  component (v1) or every component (v2), and test IoU >= delta with a ground-truth box
+  (Choe et al. CVPR 2020). `max_box_acc` turns the per-sample hits into MaxBoxAcc (delta 0.5)
+  and MaxBoxAccV2 (mean over delta 0.3, 0.5, 0.7 of the best threshold).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from .saliency import descending_order, normalised
+
+THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)
+IOU_DELTAS = (0.3, 0.5, 0.7)
+
+
+def boxes_to_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, K, 4) xyxy boxes (NaN rows = padding) -> (B, H, W) bool, pixel centres inside a box."""
+    h, w = size
+    ys = torch.arange(h, device=boxes.device, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(w, device=boxes.device, dtype=torch.float32)[None, :] + 0.5
+    x1, y1, x2, y2 = (boxes[..., i][:, :, None, None] for i in range(4))
+    inside = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)  # rows are y, columns are x
+    return (inside & ~torch.isnan(boxes[..., :1])[:, :, :, None]).any(1)
+
+
+def _region(region: torch.Tensor) -> torch.Tensor:
+    if region.dim() != 3:
+        raise ValueError(f"region must be a (B, H, W) mask, got shape {tuple(region.shape)}")
+    return region.bool()
+
+
+def pointing_game(saliency: torch.Tensor, region: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
+    """(B,) bool: the map's maximum lies within `tolerance` px of the region."""
+    region = _region(region)
+    b, h, w = region.shape
+    point = normalised(saliency, (h, w)).flatten(1).argmax(1)
+    return _near(point // w, point % w, region, tolerance)
+
+
+def centre_pointing_game(region: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
+    """(B,) bool: the pointing game of a map whose maximum is the image centre (the baseline)."""
+    region = _region(region)
+    b, h, w = region.shape
+    row = torch.full((b,), (h - 1) // 2, device=region.device)
+    col = torch.full((b,), (w - 1) // 2, device=region.device)
+    return _near(row, col, region, tolerance)
+
+
+def _near(row: torch.Tensor, col: torch.Tensor, region: torch.Tensor, tolerance: float) -> torch.Tensor:
+    h, w = region.shape[-2:]
+    ys = torch.arange(h, device=region.device)[None, :, None]
+    xs = torch.arange(w, device=region.device)[None, None, :]
+    dist2 = (ys - row[:, None, None]) ** 2 + (xs - col[:, None, None]) ** 2
+    return (region & (dist2 <= tolerance**2)).flatten(1).any(1)
+
+
+def mass_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B,) share of saliency inside the region (0 for an all-zero map)."""
+    region = _region(region)
+    maps = normalised(saliency, tuple(region.shape[-2:]))
+    total = maps.flatten(1).sum(1)
+    inside = (maps * region).flatten(1).sum(1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def energy_pointing_game(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B,) share of saliency inside the region; `region` may be boxes (B, K, 4) or a mask."""
+    if region.dim() == 3 and region.shape[-1] == 4 and region.is_floating_point():
+        region = boxes_to_mask(region, tuple(saliency.shape[-2:]))
+    return mass_accuracy(saliency, region)
+
+
+def rank_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B,) share of the K most salient pixels inside the region, K = region area (NaN if empty)."""
+    region = _region(region)
+    b, h, w = region.shape
+    order = descending_order(normalised(saliency, (h, w)))
+    k = region.flatten(1).sum(1)
+    hits = torch.gather(region.flatten(1), 1, order)
+    within = torch.arange(h * w, device=region.device)[None, :] < k[:, None]
+    share = (hits & within).sum(1).float() / k.clamp_min(1).float()
+    return torch.where(k > 0, share, torch.full_like(share, float("nan")))
+
+
+def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU of boxes (N, 4) against ground truths (G, 4), xyxy -> (N, G)."""
+    x1 = np.maximum(box[:, None, 0], gts[None, :, 0])
+    y1 = np.maximum(box[:, None, 1], gts[None, :, 1])
+    x2 = np.minimum(box[:, None, 2], gts[None, :, 2])
+    y2 = np.minimum(box[:, None, 3], gts[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / np.maximum(area(box)[:, None] + area(gts)[None, :] - inter, 1e-12)
+
+
+def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
+                     thresholds: np.ndarray = THRESHOLDS, deltas: tuple[float, ...] = IOU_DELTAS) -> dict:
+    """Per-sample box hits: 'v1' (B, T) at delta 0.5 (largest component), 'v2' (B, T, D) (any component).
+
+    boxes (B, K, 4) xyxy in image pixels, NaN rows for padding; saliency is upsampled to the
+    image size given by the boxes' frame, i.e. the saliency's own size when it is already there.
+    """
+    maps = normalised(saliency, tuple(saliency.shape[-2:])).cpu().numpy()
+    gts_all = boxes.detach().cpu().numpy()
+    b = maps.shape[0]
+    v1 = np.zeros((b, len(thresholds)), bool)
+    v2 = np.zeros((b, len(thresholds), len(deltas)), bool)
+    for i in range(b):
+        gts = gts_all[i][~np.isnan(gts_all[i][:, 0])]
+        if not len(gts):
+            continue
+        for t, tau in enumerate(thresholds):
+            count, _, stats, _ = cv2.connectedComponentsWithStats((maps[i] >= tau).astype(np.uint8), connectivity=8)
+            if count <= 1:
+                continue
+            comp = stats[1:]  # x, y, w, h, area; label 0 is the background
+            xyxy = np.stack([comp[:, 0], comp[:, 1], comp[:, 0] + comp[:, 2], comp[:, 1] + comp[:, 3]], 1)
+            iou = _iou(xyxy.astype(np.float64), gts.astype(np.float64))
+            v1[i, t] = iou[int(np.argmax(comp[:, 4]))].max() >= 0.5
+            v2[i, t] = iou.max() >= np.asarray(deltas)
+    return {"v1": torch.from_numpy(v1), "v2": torch.from_numpy(v2)}
+
+
+def max_box_acc(v1: np.ndarray, v2: np.ndarray) -> dict[str, float]:
+    """Dataset-level MaxBoxAcc (v1 hits (N, T)) and MaxBoxAccV2 (v2 hits (N, T, D)), in [0, 1]."""
+    v1, v2 = np.asarray(v1, float), np.asarray(v2, float)
+    return {"max_box_acc": float(v1.mean(0).max()), "max_box_acc_v2": float(v2.mean(0).max(0).mean())}
+
+
+def class_mean(values: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes of per-class means (NaN values ignored)."""
+    values, labels = np.asarray(values, float), np.asarray(labels)
+    means = [np.nanmean(values[labels == c]) for c in np.unique(labels) if np.isfinite(values[labels == c]).any()]
+    return float(np.mean(means)) if means else float("nan")

@@ -1,0 +1,57 @@
+"""The conventions every metric applies to an explanation before scoring it.
+
+A map (B, h, w) is upsampled to the image size (bilinear, align_corners=False) and min-max
+normalised per image to [0, 1]. A constant map is *degenerate* (it becomes all zeros; metrics
+still run, ties broken by pixel index). A map holding NaN or inf is *non-finite*: metrics run on
+zeros in its place so the batch goes on, and every metric of that row is reported as NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PreparedMaps:
+    maps: torch.Tensor  # (B, H, W) in [0, 1]
+    degenerate: torch.Tensor  # (B,) bool: constant map
+    nonfinite: torch.Tensor  # (B,) bool: NaN or inf anywhere in the map
+
+
+def prepare(saliency: torch.Tensor, size: tuple[int, int]) -> PreparedMaps:
+    """Upsample (B, h, w) maps to `size` and min-max normalise each one (see module docstring)."""
+    if saliency.dim() != 3:
+        raise ValueError(f"saliency must be (B, h, w), got shape {tuple(saliency.shape)}")
+    maps = saliency.detach().float()
+    nonfinite = ~torch.isfinite(maps).flatten(1).all(1)
+    maps = torch.where(nonfinite[:, None, None], torch.zeros_like(maps), maps)
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    span = hi - lo
+    degenerate = (span <= 0) & ~nonfinite
+    scale = torch.where(span > 0, span, torch.ones_like(span))
+    maps = ((flat - lo[:, None]) / scale[:, None]).clamp_(0, 1)
+    maps[span <= 0] = 0.0
+    return PreparedMaps(maps.view(-1, *size), degenerate, nonfinite)
+
+
+def normalised(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Just the prepared maps (B, H, W) in [0, 1]; NaN/inf maps become zeros."""
+    return prepare(saliency, size).maps
+
+
+def with_nan_rows(values: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:
+    """Float metric values with the rows of non-finite maps set to NaN."""
+    values = values.float().clone()
+    values[nonfinite] = float("nan")
+    return values
+
+
+def descending_order(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) -> (B, H*W) pixel indices by descending value, ties by ascending index."""
+    return torch.argsort(-maps.flatten(1), dim=1, stable=True)
