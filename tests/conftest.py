@@ -7,6 +7,12 @@ import os
 import pytest
 import torch
 
+import xbench
+from xbench.config import load_config
+from xbench.datasets import build_dataset
+from xbench.datasets.synth import SynthSettings, generate
+from xbench.train.checkpoint import checkpoint_payload, save_checkpoint
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -14,8 +20,31 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory):
     """A 4-class, 64 px synthetic benchmark: 6 train and 3 test images per class."""
-    from xbench.datasets.synth import SynthSettings, generate
-
     settings = SynthSettings(classes=4, size=64, train_per_class=6, test_per_class=3, seed=3)
     root = generate(tmp_path_factory.mktemp("synth") / "data", settings, workers=1, progress=False)
     return root, settings
+
+
+HALF = {"backbone": "resnet18", "channels": [16, 32, 64, 128]}
+TINY_INTR = {**HALF, "output_stride": 16, "hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 1,
+             "dim_feedforward": 32, "dropout": 0.0, "freeze_backbone": True}
+METHODS = "gradcam,intr,ca_stream,gradcam@intr,random,centre"
+
+
+@pytest.fixture(scope="session")
+def tiny_run_setup(tmp_path_factory):
+    """A tiny synthetic split and random-weight checkpoints of cnn, ca_stream and intr."""
+    base = tmp_path_factory.mktemp("engine")
+    settings = SynthSettings(classes=3, size=48, train_per_class=1, test_per_class=4, seed=9)
+    root = generate(base / "data", settings, progress=False)
+    overrides = ["dataset.name=synth", "dataset.format=synth", f"dataset.root={root}", "dataset.image_size=48",
+                 "dataset.synth.classes=3", "dataset.synth.size=48", "dataset.synth.train_per_class=1",
+                 "dataset.synth.test_per_class=4", "dataset.synth.seed=9", f"output_dir={base / 'runs'}",
+                 f"evaluate.methods={METHODS}", "evaluate.batch_size=4", "evaluate.saliency_samples=5"]
+    classes = build_dataset(load_config([], overrides).dataset, "test").classes
+    torch.manual_seed(0)
+    for name, options in (("cnn", HALF), ("ca_stream", HALF), ("intr", TINY_INTR)):
+        model = xbench.build_model(name, num_classes=3, **options)
+        payload = checkpoint_payload(model, name, 3, classes, {"model": {"name": name, **options}})
+        save_checkpoint(base / "runs" / "synth" / name / "best.pt", payload)
+    return base, overrides

@@ -5,48 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import xbench
 from xbench.config import load_config
-from xbench.datasets import build_dataset
-from xbench.datasets.synth import SynthSettings, generate
 from xbench.engine.evaluate import Evaluator, evaluate, evaluation_indices, parse_methods
 from xbench.engine.store import ResultStore, StoreLocked, StoreMismatch, load_results
 from xbench.registry import UnknownNameError
 from xbench.train.checkpoint import checkpoint_payload, save_checkpoint
 
-HALF = {"backbone": "resnet18", "channels": [16, 32, 64, 128]}
-TINY_INTR = {**HALF, "output_stride": 16, "hidden_dim": 32, "nheads": 4, "enc_layers": 1, "dec_layers": 1,
-             "dim_feedforward": 32, "dropout": 0.0, "freeze_backbone": True}
-METHODS = "gradcam,intr,ca_stream,gradcam@intr,random,centre"
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny synthetic split and random-weight checkpoints of cnn, ca_stream and intr."""
-    base = tmp_path_factory.mktemp("engine")
-    settings = SynthSettings(classes=3, size=48, train_per_class=1, test_per_class=4, seed=9)
-    root = generate(base / "data", settings, progress=False)
-    overrides = ["dataset.name=synth", "dataset.format=synth", f"dataset.root={root}", "dataset.image_size=48",
-                 "dataset.synth.classes=3", "dataset.synth.size=48", "dataset.synth.train_per_class=1",
-                 "dataset.synth.test_per_class=4", "dataset.synth.seed=9", f"output_dir={base / 'runs'}",
-                 f"evaluate.methods={METHODS}", "evaluate.batch_size=4", "evaluate.saliency_samples=5"]
-    classes = build_dataset(load_config([], overrides).dataset, "test").classes
-    torch.manual_seed(0)
-    for name, options in (("cnn", HALF), ("ca_stream", HALF), ("intr", TINY_INTR)):
-        model = xbench.build_model(name, num_classes=3, **options)
-        payload = checkpoint_payload(model, name, 3, classes, {"model": {"name": name, **options}})
-        save_checkpoint(base / "runs" / "synth" / name / "best.pt", payload)
-    return base, overrides
+from .conftest import HALF
 
 
 def _rows(path) -> pd.DataFrame:
     return load_results(path)[0].sort_values(["method", "index"]).reset_index(drop=True)
 
 
-def test_one_shard_or_four_gives_identical_rows(setup):
-    base, overrides = setup
+def test_one_shard_or_four_gives_identical_rows(tiny_run_setup):
+    base, overrides = tiny_run_setup
     one = evaluate(load_config([], overrides + ["evaluate.shard_size=12"]), out=base / "one", progress=False)
     four = evaluate(load_config([], overrides + ["evaluate.shard_size=4"]), out=base / "four", progress=False)
     a, b = _rows(one), _rows(four)
@@ -65,8 +40,8 @@ def test_one_shard_or_four_gives_identical_rows(setup):
             np.testing.assert_array_equal(curves_a[key][i], curves_b[key][lookup[tuple(r)]])
 
 
-def test_rows_hold_every_metric_and_auc_matches_curve(setup):
-    base, overrides = setup
+def test_rows_hold_every_metric_and_auc_matches_curve(tiny_run_setup):
+    base, overrides = tiny_run_setup
     rows, curves = load_results(evaluate(load_config([], overrides), out=base / "cols", progress=False))
     for column in ("insertion", "deletion", "drop", "gain", "increase", "pointing_game_box", "pointing_game_mask",
                    "pointing_game_parts", "pointing_centre_parts", "energy_pointing_game_box", "mass_accuracy_mask",
@@ -79,8 +54,8 @@ def test_rows_hold_every_metric_and_auc_matches_curve(setup):
     assert rows.loc[rows["method"] == "centre@cnn", "degenerate"].eq(False).all()
 
 
-def test_a_failed_run_resumes_without_redoing_finished_shards(setup, monkeypatch):
-    base, overrides = setup
+def test_a_failed_run_resumes_without_redoing_finished_shards(tiny_run_setup, monkeypatch):
+    base, overrides = tiny_run_setup
     cfg = load_config([], overrides + ["evaluate.shard_size=4"])
     reference = _rows(evaluate(cfg, out=base / "ref", progress=False))
     calls = {"n": 0}
@@ -104,8 +79,8 @@ def test_a_failed_run_resumes_without_redoing_finished_shards(setup, monkeypatch
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished shards were not rewritten
 
 
-def test_other_settings_and_a_second_process_are_refused(setup):
-    base, overrides = setup
+def test_other_settings_and_a_second_process_are_refused(tiny_run_setup):
+    base, overrides = tiny_run_setup
     evaluate(load_config([], overrides), out=base / "guarded", progress=False)
     with pytest.raises(StoreMismatch, match="methods differ"):
         evaluate(load_config([], overrides + ["evaluate.methods=gradcam"]), out=base / "guarded", progress=False)
@@ -117,8 +92,8 @@ def test_other_settings_and_a_second_process_are_refused(setup):
     assert set(load_results(fresh)[0]["method"]) == {"gradcam@cnn"}
 
 
-def test_store_keeps_what_figures_need(setup):
-    base, overrides = setup
+def test_store_keeps_what_figures_need(tiny_run_setup):
+    base, overrides = tiny_run_setup
     out = evaluate(load_config([], overrides), out=base / "figs", progress=False)
     with np.load(out / "maps.npz") as data:
         keys = set(data.files)
@@ -153,8 +128,8 @@ def test_method_names_and_subsets():
     assert max(subset) > 500  # spread over the split, not its first classes
 
 
-def test_missing_checkpoint_and_wrong_classes_are_named(setup, tmp_path):
-    base, overrides = setup
+def test_missing_checkpoint_and_wrong_classes_are_named(tiny_run_setup, tmp_path):
+    base, overrides = tiny_run_setup
     with pytest.raises(FileNotFoundError, match="no checkpoint for icn: .*xbench train --method icn"):
         evaluate(load_config([], overrides + ["evaluate.methods=icn"]), out=tmp_path / "x", progress=False)
     model = xbench.build_model("cnn", num_classes=5, **HALF)

@@ -213,6 +213,73 @@ def evaluate_cmd(
     typer.echo(f"results in {root} (results.csv, curves.npz, maps.npz, summary.json)")
 
 
+@app.command("leaderboard")
+@_friendly_errors
+def leaderboard_cmd(
+    runs: List[Path] = typer.Argument(..., help="Results directories (several: one table with a dataset column)."),
+    format_: str = typer.Option("md,csv,tex,html", "--format", help="Comma-separated: md, csv, tex, html."),
+    out: Path | None = typer.Option(None, help="Where to write leaderboard.* (default: the first run directory)."),
+) -> None:
+    """Leaderboard with 95% bootstrap CIs and paired tests; printed, and written as md/csv/tex/html."""
+    from .report import leaderboard_of, to_markdown, write_leaderboard
+
+    board = leaderboard_of(runs)
+    written = write_leaderboard(board, out or runs[0], [f.strip() for f in format_.split(",") if f.strip()])
+    typer.echo(to_markdown(board))
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command("figures")
+@_friendly_errors
+def figures_cmd(
+    run: Path = typer.Argument(..., help="Results directory of `xbench evaluate`."),
+    out: Path | None = typer.Option(None, help="Folder for the figures (default <run>/figures)."),
+) -> None:
+    """Paper figures (PNG and PDF): curves, metric dot plots, rank heatmap, qualitative grid, INTR heads."""
+    from .report import all_figures
+
+    paths = all_figures(run, out_dir=out)
+    typer.echo(f"wrote {len(paths)} files to {paths[0].parent if paths else out}")
+
+
+@app.command("report")
+@_friendly_errors
+def report_cmd(run: Path = typer.Argument(..., help="Results directory of `xbench evaluate`.")) -> None:
+    """Leaderboard files, every figure and a self-contained report.html for one run."""
+    from .report import full_report, to_markdown
+
+    written = full_report(run)
+    typer.echo(to_markdown(written["board"]))
+    typer.echo(f"report: {written['report']}")
+
+
+@app.command("explain")
+@_friendly_errors
+def explain_cmd(
+    method: str = typer.Option(..., "--method", "-m", help="Method, e.g. intr, ca_stream, gradcam, scorecam@ca_stream."),
+    image: Path = typer.Option(..., "--image", help="Image file to explain."),
+    checkpoint: Path | None = typer.Option(None, help="Model checkpoint (default runs/<dataset>/<model>/best.pt)."),
+    dataset: str | None = DatasetOpt,
+    top_k: int = typer.Option(5, "--top-k", help="Predicted classes to list (and, for INTR/ICN, to show per head)."),
+    target: int | None = typer.Option(None, help="Class index to explain (default: the top prediction)."),
+    out: Path = typer.Option(Path("explain.png"), "--out", help="Figure to write (.png or .pdf)."),
+    config: List[Path] | None = ConfigOpt,
+    set_: List[str] | None = SetOpt,
+) -> None:
+    """Predict one image and draw the method's explanation (INTR/ICN: per-head maps of the top-k classes)."""
+    from .engine.evaluate import parse_methods
+    from .report.explain import explain_image
+
+    cfg = resolve_config(config, set_, dataset=dataset)
+    model = parse_methods([method])[0].model
+    path = checkpoint or Path(cfg.output_dir) / cfg.dataset.name / model / "best.pt"
+    result = explain_image(method, image, path, out, top_k=top_k, target=target,
+                           options=cfg.evaluate.explainers.get(method.split("@")[0]))
+    for name, prob in result["top_k"]:
+        typer.echo(f"{prob:7.3f}  {name}")
+    typer.echo(f"explained {result['target']}: {result['out']}")
+
+
 def main() -> None:
     app()
 

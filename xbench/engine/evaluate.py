@@ -171,7 +171,7 @@ class Evaluator:
                 summary = {"dataset": self.cfg.dataset.name, "split": self.split, "samples": len(indices),
                            "methods": [m.label for m in self.methods], "metrics": self.metrics,
                            "protocol": self.cfg.evaluate.protocol, "target": self.target,
-                           "seconds_this_run": round(time.time() - start, 1)}
+                           "seconds_this_run": round(time.time() - start, 1), "classes": dataset.classes}
                 self.store.merge(summary)
         return self.out
 
@@ -271,7 +271,8 @@ class Evaluator:
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)
             values.update({k: with_nan_rows(v, prepared.nonfinite.to(v.device)).cpu() for k, v in out.values.items()})
-            method_curves.update({k: v.detach().float().cpu() for k, v in out.curves.items()})
+            method_curves.update({k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
+                                  for k, v in out.curves.items()})
         first_row = len(rows)
         for i, idx in enumerate(index):
             row = {"dataset": self.cfg.dataset.name, "split": self.split, "index": idx, "method": method.label,

@@ -1,0 +1,182 @@
+"""Reports: leaderboard numbers, CIs, bold, figures, the HTML page (and a Chromium render), explain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import wilcoxon
+from typer.testing import CliRunner
+
+from xbench.cli import app
+from xbench.config import load_config
+from xbench.engine.evaluate import evaluate
+from xbench.engine.store import load_results
+from xbench.report import all_figures, build_leaderboard, full_report, leaderboard_of, write_leaderboard
+from xbench.report.explain import explain_image
+from xbench.report.leaderboard import CENTRE, wide_table
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run_setup):
+    base, overrides = tiny_run_setup
+    return evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,ca_stream,random,centre"]),
+                    out=base / "report_run", progress=False)
+
+
+@pytest.fixture(scope="module")
+def board(run):
+    rows, curves = load_results(run)
+    return build_leaderboard(rows, curves)
+
+
+def _cell(board, method, metric):
+    cells = board.cells
+    return cells[(cells["method"] == method) & (cells["metric"] == metric)].iloc[0]
+
+
+def test_table_numbers_equal_a_direct_pandas_computation(run, board):
+    rows, curves = load_results(run)
+    means = rows.groupby("method")["insertion"].mean()
+    class_means = rows.groupby(["method", "label"])["pointing_game_parts"].mean().groupby("method").mean()
+    for method in rows["method"].unique():
+        assert _cell(board, method, "insertion")["mean"] == pytest.approx(means[method], abs=1e-12)
+        assert _cell(board, method, "pointing_game_parts")["mean"] == pytest.approx(class_means[method], abs=1e-12)
+        picked = rows.index[rows["method"] == method]
+        hits = curves["box_hits_v1"][np.isin(curves["box_hits_v1.row"], picked)]
+        assert _cell(board, method, "max_box_acc")["mean"] == pytest.approx(hits.mean(0).max(), abs=1e-12)
+        acc = board.accuracy.set_index("method").loc[method]
+        assert acc["acc1"] == pytest.approx(rows.loc[rows["method"] == method, "acc1"].mean())
+    centre = rows.drop_duplicates("index")
+    reference = centre.groupby("label")["pointing_centre_box"].mean().mean()
+    assert _cell(board, CENTRE, "pointing_game_box")["mean"] == pytest.approx(reference)
+
+
+def test_confidence_intervals_contain_the_mean(board):
+    cells = board.cells
+    assert ((cells["lo"] <= cells["mean"] + 1e-12) & (cells["mean"] <= cells["hi"] + 1e-12)).all()
+    assert (cells.loc[~cells["reference"], "hi"] > cells.loc[~cells["reference"], "lo"]).any()
+
+
+def test_bold_marks_the_best_and_those_not_significantly_worse(run, board):
+    rows, _ = load_results(run)
+    for metric, direction in (("insertion", "higher"), ("deletion", "lower"), ("sparseness", "higher")):
+        cells = board.cells[(board.cells["metric"] == metric)].set_index("method")
+        best = (cells["mean"].idxmax() if direction == "higher" else cells["mean"].idxmin())
+        assert cells.loc[best, "bold"] and cells.loc[best, "best"] and cells["best"].sum() == 1
+        pivot = rows.pivot(index="index", columns="method", values=metric)
+        raw = {m: wilcoxon(pivot[best], pivot[m], zero_method="zsplit", method="exact").pvalue
+               for m in pivot if m != best and (pivot[best] != pivot[m]).any()}
+        order = sorted(raw, key=raw.get)
+        running, holm = 0.0, {}
+        for i, m in enumerate(order):
+            running = max(running, min(1.0, (len(order) - i) * raw[m]))
+            holm[m] = running
+        for m, p in holm.items():
+            assert cells.loc[m, "p_holm"] == pytest.approx(p)
+            assert bool(cells.loc[m, "bold"]) == (p >= 0.05)
+    md = wide_table(board, "md")
+    best_insertion = board.cells[(board.cells["metric"] == "insertion") & board.cells["best"]].iloc[0]["method"]
+    assert md.set_index("method").loc[best_insertion, "insertion ↑"].startswith("**")
+
+
+def test_every_figure_is_written(run, board, tmp_path):
+    paths = all_figures(run, board, tmp_path / "figs")
+    names = {p.name for p in paths}
+    for stem in ("curves", "dotplot", "rank_heatmap", "qualitative", "intr_heads"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+    for path in paths:
+        assert path.stat().st_size > 1000
+    with Image.open(tmp_path / "figs" / "intr_heads.png") as img:
+        assert img.width > 600
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.tables = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+        self.tables += tag == "table"
+
+
+def test_html_report_is_self_contained(run):
+    written = full_report(run)
+    page = written["report"].read_text()
+    parser = _Images()
+    parser.feed(page)
+    pngs = [p for p in written["figures"] if p.suffix == ".png"]
+    assert len(parser.sources) == len(pngs) >= 5
+    assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    assert parser.tables == 1 and "Resolved config" in page and "grad-cam" in page
+    for fmt in ("md", "csv", "tex", "html"):
+        assert (run / f"leaderboard.{fmt}").stat().st_size > 100
+    tex = (run / "leaderboard.tex").read_text()
+    assert "\\toprule" in tex and "\\textbf{" in tex and "$\\uparrow$" in tex
+    csv = pd.read_csv(run / "leaderboard.csv")
+    assert {"mean", "lo", "hi", "p_holm", "bold", "acc1"} <= set(csv.columns)
+
+
+def test_several_runs_stack_with_a_dataset_column(run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    rows = pd.read_csv(other / "results.csv")
+    rows["dataset"] = "synth2"
+    rows.to_csv(other / "results.csv", index=False)
+    board = leaderboard_of([run, other])
+    table = wide_table(board, "plain")
+    assert list(table["dataset"].unique()) == ["synth", "synth2"]
+    assert (board.cells.groupby("dataset")["best"].sum() > 0).all()
+    written = write_leaderboard(board, tmp_path, ["md"])
+    assert "synth2" in written[0].read_text()
+
+
+def test_leaderboard_command(run):
+    result = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "md,csv"])
+    assert result.exit_code == 0, result.output
+    assert "insertion ↑" in result.output and "attention@intr" in result.output
+    bad = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "docx"])
+    assert bad.exit_code == 2 and "unknown leaderboard format 'docx'" in bad.output
+    missing = CliRunner().invoke(app, ["figures", str(run / "nothing")])
+    assert missing.exit_code == 2 and "holds no results.csv" in missing.output
+
+
+def test_explain_one_image(tiny_run_setup, tmp_path):
+    base, _ = tiny_run_setup
+    image = next((base / "data" / "images").rglob("*.png"))
+    out = explain_image("intr", image, base / "runs" / "synth" / "intr" / "best.pt", tmp_path / "intr.png", top_k=2)
+    assert len(out["top_k"]) == 2 and out["top_k"][0][0].startswith("00")
+    assert (tmp_path / "intr.png").stat().st_size > 5000
+    result = CliRunner().invoke(app, ["explain", "--method", "gradcam@ca_stream", "--image", str(image), "--checkpoint",
+                                      str(base / "runs" / "synth" / "ca_stream" / "best.pt"), "--out",
+                                      str(tmp_path / "ca.png"), "--target", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ca.png").exists() and "explained 002." in result.output
+    wrong = CliRunner().invoke(app, ["explain", "--method", "intr", "--image", str(image), "--checkpoint",
+                                     str(base / "runs" / "synth" / "cnn" / "best.pt")])
+    assert wrong.exit_code == 2 and "holds a 'cnn' model, not the 'intr' model" in wrong.output
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    page = full_report(run)["report"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1200,1600",
+                    f"--screenshot={shot}", page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1200)
+    assert pixels.std() > 10  # not a blank page
+    assert (pixels < 128).mean() > 0.01  # there is text and imagery, not only white
