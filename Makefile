@@ -17,7 +17,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
-	$(BIN)/xbench data check --config configs/quickstart.yaml
+	$(BIN)/xbench quickstart
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"

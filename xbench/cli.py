@@ -49,8 +49,9 @@ def _friendly_errors(func):
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    """xbench's own messages at INFO; other libraries' (matplotlib's font subsetting, ...) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("xbench").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def resolve_config(config: list[str] | None, sets: list[str] | None, **shorthands: str | None):
@@ -278,6 +279,35 @@ def explain_cmd(
     for name, prob in result["top_k"]:
         typer.echo(f"{prob:7.3f}  {name}")
     typer.echo(f"explained {result['target']}: {result['out']}")
+
+
+@app.command("quickstart")
+@_friendly_errors
+def quickstart_cmd(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Quickstart YAML (default configs/quickstart.yaml)."),
+    set_: List[str] | None = SetOpt,
+    fresh: bool = typer.Option(False, "--fresh", help="Redo every stage, even finished ones."),
+    with_icn: bool = typer.Option(False, "--with-icn", help="Also train and evaluate ICN."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """The whole benchmark on the synthetic data: generate, train cnn / ca_stream / intr, evaluate, report."""
+    from .quickstart import ACCURACY_BAR, quickstart
+
+    _setup_logging()
+    summary = quickstart(config, set_ or [], fresh=fresh, with_icn=with_icn, progress=progress)
+    typer.echo(summary["terminal_table"])
+    accs = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["test_acc1"].items())
+    typer.echo(f"\ntest acc@1: {accs}")
+    if summary["below_bar"]:
+        typer.secho(f"below the {100 * ACCURACY_BAR:.0f}% bar: {', '.join(summary['below_bar'])} "
+                    "(explanations of a model that has not learned the task mean little)", fg=typer.colors.YELLOW)
+    parts = summary["pointing_game_parts"]
+    typer.echo("pointing game on the discriminative parts: "
+               + ", ".join(f"{k} {v:.1f}%" for k, v in parts.items()))
+    times = summary["seconds"]
+    typer.echo(f"time: {times['total'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()
+                                                                    if k != "total") + ")")
+    typer.echo(f"full leaderboard: {summary['leaderboard']}\nreport: {summary['report']}")
 
 
 def main() -> None:

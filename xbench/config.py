@@ -91,7 +91,7 @@ class TrainConfig:
     clip_grad: float | None = None
     label_smoothing: float = 0.0
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: bool = True  # applied to CNN-only models on CUDA
+    channels_last: bool = True  # convolutions in NHWC: faster on CUDA and on x86 CPUs alike
     compile: bool = False
     max_steps: int | None = None  # stop (resumably) after this many optimiser steps
     log_tensorboard: bool = True
@@ -166,7 +166,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def _overrides_to_layer(overrides: list[str]) -> dict[str, Any]:
+def overrides_layer(overrides: list[str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for text in overrides:
         path, value = parse_override(text)
@@ -191,11 +191,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+def merge_layers(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in layer.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_layers(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -217,7 +217,7 @@ def load_config(
     recipes: bool = True,
 ) -> Config:
     """Resolve a `Config` from YAML files and `a.b=c` overrides (see module docstring)."""
-    user_layers = [_read_yaml(Path(f)) for f in files] + [_overrides_to_layer(list(overrides))]
+    user_layers = [_read_yaml(Path(f)) for f in files] + [overrides_layer(list(overrides))]
     layers: list[dict[str, Any]] = []
     if recipes:
         dataset = _peek(user_layers, "dataset", "name", DatasetConfig.name)
@@ -230,7 +230,7 @@ def load_config(
                 layers.append(_read_yaml(recipe))
     merged: dict[str, Any] = {}
     for layer in layers + user_layers:
-        merged = _merge(merged, layer)
+        merged = merge_layers(merged, layer)
     return config_from_dict(merged)
 
 

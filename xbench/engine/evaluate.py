@@ -99,7 +99,7 @@ def load_model(cfg: Config, name: str, num_classes: int, class_names: list[str],
         from ..methods.intr import load_official_intr
 
         model = load_official_intr(path, num_classes=num_classes)
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def evaluation_indices(n: int, limit: int | None, seed: int) -> list[int]:
@@ -171,7 +171,8 @@ class Evaluator:
                 summary = {"dataset": self.cfg.dataset.name, "split": self.split, "samples": len(indices),
                            "methods": [m.label for m in self.methods], "metrics": self.metrics,
                            "protocol": self.cfg.evaluate.protocol, "target": self.target,
-                           "seconds_this_run": round(time.time() - start, 1), "classes": dataset.classes}
+                           "seconds_this_run": round(time.time() - start, 1), "classes": dataset.classes,
+                           "dataset_problems": [{"path": q.path, "reason": q.reason} for q in dataset.problems]}
                 self.store.merge(summary)
         return self.out
 
@@ -214,7 +215,7 @@ class Evaluator:
     @torch.no_grad()
     def _score_batch(self, batch: dict, rows: list, curves: dict, maps: dict) -> None:
         ev, device = self.cfg.evaluate, self.ctx.device
-        images = batch["image"].to(device)
+        images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
         labels = batch["label"].to(device)
         h, w = images.shape[-2:]
         regions = {name: batch[key].to(device).bool() for name, key in REGIONS.items()

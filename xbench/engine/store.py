@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ..train.checkpoint import atomic_write
 
 PACKAGES = ("xbench", "torch", "torchvision", "timm", "grad-cam", "captum", "numpy", "pandas")
 
@@ -47,20 +48,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save_npz(arrays: dict[str, np.ndarray]):
@@ -105,7 +92,7 @@ class ResultStore:
         """Check or record what the rows depend on; clear temporaries of a killed run."""
         run = self.root / "run.json"
         fingerprint = json.loads(json.dumps(fingerprint))
-        if run.exists() and not fresh:
+        if run.exists() and not fresh and self.done_shards():  # only finished work needs protecting
             stored = json.loads(run.read_text())
             if stored != fingerprint:
                 diff = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
@@ -118,9 +105,9 @@ class ResultStore:
         self.shards.mkdir(parents=True, exist_ok=True)
         for tmp in self.shards.glob(".*.tmp"):
             tmp.unlink()
-        _atomic_write(run, lambda t: Path(t).write_text(json.dumps(fingerprint, indent=2) + "\n"))
-        _atomic_write(self.root / "config.yaml", lambda t: Path(t).write_text(config_text))
-        _atomic_write(self.root / "versions.json", lambda t: Path(t).write_text(json.dumps(versions(), indent=2) + "\n"))
+        atomic_write(run, lambda t: Path(t).write_text(json.dumps(fingerprint, indent=2) + "\n"))
+        atomic_write(self.root / "config.yaml", lambda t: Path(t).write_text(config_text))
+        atomic_write(self.root / "versions.json", lambda t: Path(t).write_text(json.dumps(versions(), indent=2) + "\n"))
 
     # -------------------------------------------------------------------- shards
 
@@ -132,12 +119,12 @@ class ResultStore:
 
     def write_shard(self, shard: int, rows: list[dict], curves: dict[str, np.ndarray],
                     maps: dict[str, np.ndarray], skipped: list[dict]) -> None:
-        _atomic_write(self.shard_path(shard, ".npz"), _save_npz(curves))
-        _atomic_write(self.shard_path(shard, ".maps.npz"), _save_npz(maps))
-        _atomic_write(self.shard_path(shard, ".skipped.json"),
+        atomic_write(self.shard_path(shard, ".npz"), _save_npz(curves))
+        atomic_write(self.shard_path(shard, ".maps.npz"), _save_npz(maps))
+        atomic_write(self.shard_path(shard, ".skipped.json"),
                       lambda t: Path(t).write_text(json.dumps(skipped) + "\n"))
         frame = pd.DataFrame(rows)
-        _atomic_write(self.shard_path(shard, ".csv"), lambda t: frame.to_csv(t, index=False))
+        atomic_write(self.shard_path(shard, ".csv"), lambda t: frame.to_csv(t, index=False))
 
     # -------------------------------------------------------------------- merged view
 
@@ -157,11 +144,11 @@ class ResultStore:
             skipped += json.loads(self.shard_path(shard, ".skipped.json").read_text())
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         merged = {k: np.concatenate(v) for k, v in curves.items()}
-        _atomic_write(self.root / "results.csv", lambda t: rows.to_csv(t, index=False))
-        _atomic_write(self.root / "curves.npz", _save_npz(merged))
-        _atomic_write(self.root / "maps.npz", _save_npz(maps))
+        atomic_write(self.root / "results.csv", lambda t: rows.to_csv(t, index=False))
+        atomic_write(self.root / "curves.npz", _save_npz(merged))
+        atomic_write(self.root / "maps.npz", _save_npz(maps))
         summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
-        _atomic_write(self.root / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2) + "\n"))
+        atomic_write(self.root / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2) + "\n"))
         return rows
 
 

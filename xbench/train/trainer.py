@@ -35,7 +35,6 @@ from . import distributed as D
 from .checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-CNN_FAMILIES = ("cnn", "ca_stream")  # models that gain from channels_last on CUDA
 
 
 class RunExistsError(FileExistsError):
@@ -151,7 +150,7 @@ class Trainer:
         self.ctx = ctx or D.init_distributed()
         self.run_dir = cfg.run_dir()
         self.stop_requested = False
-        self.skipped: list[dict] = []
+        self.skipped: dict[str, dict] = {}  # path -> what was skipped (each file once, train or val)
 
     # -------------------------------------------------------------------- setup
 
@@ -166,7 +165,7 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model.name, num_classes=self.train_set.num_classes, **cfg.model.options)
         self.model.to(ctx.device)
-        self.channels_last = ctx.device.type == "cuda" and cfg.train.channels_last and cfg.model.name in CNN_FAMILIES
+        self.channels_last = cfg.train.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.takes_pad_mask = "pad_mask" in inspect.signature(self.model.forward).parameters
@@ -207,6 +206,9 @@ class Trainer:
             raise RunExistsError(f"{self.run_dir} already holds a run (last.pt after epoch {done} of "
                                  f"{cfg.train.epochs}); pass --resume to continue it or --fresh to start over")
         self._setup()
+        if ctx.is_main:  # what a checkpoint write killed mid-way left behind
+            for stale in self.run_dir.glob(".*.tmp"):
+                stale.unlink()
         state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_acc1": -1.0, "history": [], "totals": {}}
         if resume and last.exists():
             state = self._restore(last)
@@ -269,7 +271,7 @@ class Trainer:
                    unit="batch", disable=not (self.progress and ctx.is_main), leave=False)
         t0 = time.time()
         for batch in bar:
-            self.skipped.extend({"index": s.index, "path": s.path, "reason": s.reason} for s in batch["skipped"])
+            self._note_skipped(batch)
             if len(batch["label"]) == 0:
                 continue
             loss, correct = self._step(batch)
@@ -298,6 +300,10 @@ class Trainer:
                                   "images_per_s": totals["seen"] * ctx.world_size / max(totals["seconds"], 1e-9)}
         return True
 
+    def _note_skipped(self, batch) -> None:
+        for s in batch["skipped"]:
+            self.skipped.setdefault(s.path, {"index": s.index, "path": s.path, "reason": s.reason})
+
     def _step(self, batch) -> tuple[float, float]:
         device = self.ctx.device
         images = batch["image"].to(device, non_blocking=True)
@@ -317,9 +323,12 @@ class Trainer:
         self.net.eval()
         correct1 = correct5 = count = 0.0
         for batch in self.val_loader:
+            self._note_skipped(batch)
             if len(batch["label"]) == 0:
                 continue
             images = batch["image"].to(self.ctx.device)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = batch["label"].to(self.ctx.device)
             kwargs = {"pad_mask": batch["pad_mask"].to(self.ctx.device)} if self.takes_pad_mask and "pad_mask" in batch else {}
             with autocast(self.ctx.device, self.precision):
@@ -401,16 +410,18 @@ class Trainer:
                  row["train_loss"], row["train_acc"], row["val_acc1"], row["val_acc5"], row["images_per_s"])
 
     def _summary(self, state: dict, seconds: float) -> dict:
-        skipped = self.skipped
+        skipped = list(self.skipped.values())
         if self.ctx.distributed:
             gathered = [None] * self.ctx.world_size
-            torch.distributed.all_gather_object(gathered, self.skipped)
-            skipped = [s for part in gathered for s in part]
+            torch.distributed.all_gather_object(gathered, skipped)
+            skipped = list({s["path"]: s for part in gathered for s in part}.values())
         last = state["history"][-1] if state["history"] else {}
         summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "epochs_done": state["epoch"],
                    "epochs": self.cfg.train.epochs, "steps": state["step"], "best_acc1": state["best_acc1"],
                    "final_acc1": last.get("val_acc1"), "final_acc5": last.get("val_acc5"),
                    "seconds": round(seconds, 1), "skipped_files": skipped,
+                   "dataset_problems": [{"path": q.path, "reason": q.reason}
+                                        for q in self.train_set.problems + self.val_set.problems],
                    "finished": state["epoch"] >= self.cfg.train.epochs}
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

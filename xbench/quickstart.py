@@ -1,0 +1,153 @@
+"""`xbench quickstart`: the whole benchmark on the synthetic data, on a CPU, end to end.
+
+Stages: generate the data; train `cnn`; train `ca_stream` on the frozen trained cnn and `intr`
+(and `icn` if asked) with their backbone initialised from it; evaluate every method with every
+metric; write the leaderboard, figures and report.html to results/<dataset>/. Each stage is
+described in configs/quickstart.yaml (`stages:`; a `{cnn}` in an option stands for the trained
+cnn's checkpoint). Finished stages are skipped, and say so; `fresh=True` redoes everything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .config import Config, ConfigError, config_dir, config_from_dict, merge_layers, overrides_layer
+from .datasets.synth import ensure_generated
+from .engine.evaluate import evaluate
+from .engine.store import load_results
+from .report import full_report
+from .train.checkpoint import load_checkpoint
+from .train.trainer import train
+
+log = logging.getLogger(__name__)
+ACCURACY_BAR = 0.90
+TERMINAL_COLUMNS = ("insertion", "deletion", "drop", "gain", "pointing_game_parts", "mass_accuracy_parts",
+                    "max_box_acc")
+
+
+def default_config() -> Path:
+    return config_dir() / "quickstart.yaml"
+
+
+def load_quickstart(path: str | Path | None = None, overrides: list[str] | tuple = (),
+                    with_icn: bool = False) -> tuple[Config, dict[str, Config]]:
+    """The base config (data, evaluation) and one config per training stage, in order."""
+    path = Path(path or default_config())
+    if not path.is_file():
+        raise ConfigError(f"quickstart config {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    stages = data.pop("stages", None)
+    optional = set(data.pop("optional_stages", []))
+    if not isinstance(stages, dict) or "cnn" not in stages:
+        raise ConfigError(f"{path} needs a 'stages:' mapping that starts with cnn")
+    data = merge_layers(data, overrides_layer(list(overrides)))
+    base = config_from_dict(data)
+    cnn_checkpoint = str(base.run_dir().parent / "cnn" / "best.pt")
+    configs = {}
+    for name in ["cnn"] + [n for n in stages if n != "cnn"]:  # every later stage starts from the cnn
+        stage = stages[name]
+        if name in optional and not with_icn:
+            continue
+        stage = json.loads(json.dumps(stage).replace("{cnn}", cnn_checkpoint))
+        configs[name] = config_from_dict(merge_layers(copy.deepcopy({k: v for k, v in data.items() if k != "evaluate"}),
+                                                stage))
+    if not with_icn:
+        base.evaluate.methods = [m for m in base.evaluate.methods if "icn" not in m]
+    return base, configs
+
+
+def _stage_done(cfg: Config, upstream: Path | None) -> dict | None:
+    """The finished run's summary, unless missing, unfinished or older than its upstream checkpoint."""
+    run = cfg.run_dir()
+    summary_path, best = run / "summary.json", run / "best.pt"
+    if not (summary_path.is_file() and best.is_file()):
+        return None
+    summary = json.loads(summary_path.read_text())
+    if not summary.get("finished"):
+        return None
+    if upstream is not None and upstream.is_file() and upstream.stat().st_mtime > best.stat().st_mtime:
+        return None
+    return summary
+
+
+def test_accuracy(cfg: Config) -> float:
+    """The accuracy@1 on the evaluation split recorded in the run's best checkpoint."""
+    ckpt = load_checkpoint(cfg.run_dir() / "best.pt")
+    return float(ckpt["best_acc1"])
+
+
+def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = (), fresh: bool = False,
+               with_icn: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run every stage (see module docstring); returns times, accuracies and the report paths."""
+    started = time.time()
+    base, stages = load_quickstart(config, overrides, with_icn)
+    times: dict[str, float] = {}
+
+    t0 = time.time()
+    root = ensure_generated(base.dataset)
+    base.dataset.root = str(root)
+    for cfg in stages.values():
+        cfg.dataset.root = str(root)
+    times["data"] = time.time() - t0
+    log.info("data: %s (%.0f s)", root, times["data"])
+
+    retrained = fresh
+    accuracies = {}
+    upstream = None
+    for name, cfg in stages.items():
+        t0 = time.time()
+        done = None if fresh else _stage_done(cfg, upstream)
+        if done is not None:
+            log.info("%s: already trained in %s (best val acc@1 %.3f); skipping (--fresh retrains)", name,
+                     cfg.run_dir(), done["best_acc1"])
+        else:
+            resume = (cfg.run_dir() / "last.pt").is_file() and not fresh
+            train(cfg, resume=resume, fresh=not resume, progress=progress)
+            retrained = True
+        accuracies[name] = test_accuracy(cfg)
+        times[f"train {name}"] = time.time() - t0
+        if name == "cnn":
+            upstream = cfg.run_dir() / "best.pt"
+
+    t0 = time.time()
+    out = Path(base.evaluate.out or Path("results") / base.dataset.name)
+    results = evaluate(base, out=out, fresh=retrained or fresh, progress=progress)
+    times["evaluate"] = time.time() - t0
+
+    t0 = time.time()
+    written = full_report(results)
+    times["report"] = time.time() - t0
+    times["total"] = time.time() - started
+    rows, _ = load_results(results)
+    summary = {"seconds": {k: round(v, 1) for k, v in times.items()},
+               "test_acc1": {k: round(v, 4) for k, v in accuracies.items()},
+               "below_bar": [k for k, v in accuracies.items() if v < ACCURACY_BAR],
+               "pointing_game_parts": pointing_margins(written["board"]),
+               "report": str(written["report"]), "leaderboard": str(results / "leaderboard.md")}
+    (results / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["terminal_table"] = terminal_table(written["board"])
+    summary["rows"] = len(rows)
+    return summary
+
+
+def pointing_margins(board) -> dict[str, float]:
+    """Pointing game against the discriminative parts per method (percent), for the summary."""
+    cells = board.cells[board.cells["metric"] == "pointing_game_parts"]
+    return {m: round(100 * v, 1) for m, v in zip(cells["method"], cells["mean"])}
+
+
+def terminal_table(board) -> str:
+    """A narrow view of the leaderboard for the terminal (the files hold every column)."""
+    from .report.leaderboard import wide_table
+
+    table = wide_table(board, "plain")
+    keep = ["method", "acc@1"] + [c for c in table.columns if c.split(" ")[0] in TERMINAL_COLUMNS]
+    return pd.DataFrame(table[keep]).to_markdown(index=False)
