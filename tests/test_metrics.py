@@ -171,6 +171,9 @@ def test_prepared_maps_flag_constant_and_nonfinite_maps():
     assert prepared.nonfinite.tolist() == [False, True, False]
     assert prepared.maps.shape == (3, 8, 8) and torch.isfinite(prepared.maps).all()
     assert prepared.maps[2].min() == 0 and prepared.maps[2].max() == 1
+    # A constant map at another size stays constant: upsampling noise must not become a ranking.
+    flat = prepare(torch.full((1, 6, 6), 0.3), (48, 48))
+    assert flat.degenerate.item() and flat.maps.abs().max() == 0
 
 
 # ---------------------------------------------------------------------------- against a naive loop

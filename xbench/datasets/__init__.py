@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import numpy as np
@@ -27,6 +28,7 @@ def build_dataset(cfg, split: str, train: bool = False) -> ImageDataset:
 def make_loader(dataset, batch_size: int, *, shuffle: bool = False, num_workers: int = 0, sampler=None,
                 drop_last: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
     generator = torch.Generator().manual_seed(seed)
+    num_workers = min(num_workers, os.cpu_count() or 1)  # more workers than cores only thrash
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=num_workers, collate_fn=collate, drop_last=drop_last, generator=generator,

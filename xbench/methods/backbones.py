@@ -69,7 +69,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
             )
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
+    # BatchNorm step counters have no counterpart in a frozen BatchNorm: not worth a warning.
+    unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
     if not usable:
         raise CheckpointError(f"{source}: no weight name matches the model (first file key: {next(iter(state))})")
     model.load_state_dict(usable, strict=False)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+RELATIVE_FLAT = 1e-6  # a map whose range is below this fraction of its magnitude is constant
+
 
 @dataclass
 class PreparedMaps:
@@ -28,16 +30,20 @@ def prepare(saliency: torch.Tensor, size: tuple[int, int]) -> PreparedMaps:
     maps = saliency.detach().float()
     nonfinite = ~torch.isfinite(maps).flatten(1).all(1)
     maps = torch.where(nonfinite[:, None, None], torch.zeros_like(maps), maps)
+    # Decide constancy on the map as given: upsampling a constant map adds float noise that
+    # min-max normalisation would blow up to the whole [0, 1] range.
+    raw = maps.flatten(1)
+    raw_lo, raw_hi = raw.min(1).values, raw.max(1).values
+    constant = (raw_hi - raw_lo) <= RELATIVE_FLAT * torch.maximum(raw_hi.abs(), raw_lo.abs())
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     flat = maps.flatten(1)
     lo, hi = flat.min(1).values, flat.max(1).values
-    span = hi - lo
-    degenerate = (span <= 0) & ~nonfinite
+    span = torch.where(constant, torch.zeros_like(hi), hi - lo)
     scale = torch.where(span > 0, span, torch.ones_like(span))
     maps = ((flat - lo[:, None]) / scale[:, None]).clamp_(0, 1)
     maps[span <= 0] = 0.0
-    return PreparedMaps(maps.view(-1, *size), degenerate, nonfinite)
+    return PreparedMaps(maps.view(-1, *size), (span <= 0) & ~nonfinite, nonfinite)
 
 
 def normalised(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -46,8 +46,8 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
     summary = json.loads((run_dir / "summary.json").read_text())
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     versions = (run_dir / "versions.json").read_text() if (run_dir / "versions.json").exists() else "{}"
-    shown = {k: v for k, v in summary.items() if k not in ("classes", "skipped_files")}
-    skipped = summary.get("skipped_files", [])
+    shown = {k: v for k, v in summary.items() if k not in ("classes", "skipped_files", "dataset_problems")}
+    skipped = summary.get("skipped_files", []) + summary.get("dataset_problems", [])
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>xbench report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>",
@@ -64,7 +64,7 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
         "<h2>Run</h2>", f"<pre>{html.escape(json.dumps(shown, indent=2))}</pre>",
     ]
     if skipped:
-        parts.append(f"<p>{len(skipped)} unreadable file(s) skipped:</p><pre>"
+        parts.append(f"<p>{len(skipped)} file(s) skipped or annotation problem(s):</p><pre>"
                      + html.escape("\n".join(f"{s['path']}: {s['reason']}" for s in skipped)) + "</pre>")
     parts += ["<h2>Resolved config</h2>", f"<pre>{html.escape(config)}</pre>",
               "<h2>Versions</h2>", f"<pre>{html.escape(versions)}</pre>", "</body></html>"]
