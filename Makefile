@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test test-slow lint clean
+.PHONY: quickstart test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,7 @@ quickstart: $(VENV)/.installed
 	$(BIN)/xbench quickstart
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-slow: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check xbench tests benchmarks scripts

@@ -10,11 +10,10 @@ the table gives images/s and the cost relative to Grad-CAM measured in the same 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import time
 
 import torch
+from _common import emit, recorded_on
 
 import xbench
 
@@ -47,20 +46,15 @@ def main() -> None:
             torch.cuda.synchronize()
         rates[name] = args.images / (time.perf_counter() - t0)
         print(f"{name}: {rates[name]:.2f} images/s", flush=True)
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     lines = ["# Explainer throughput", "",
-             f"Recorded {datetime.date.today()} on {where} ({platform.machine()}), torch {torch.__version__}: "
+             f"{recorded_on(device)}: "
              f"{args.backbone} ({args.classes} classes, random weights), {args.images} images of {args.size} px, "
              "each explainer at its default settings. "
              f"Command: `python benchmarks/explainer_throughput.py --device {args.device} --backbone {args.backbone}`.",
              "", "| explainer | images/s | time vs gradcam |", "| --- | ---: | ---: |"]
     for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {rate:.2f} | {rates['gradcam'] / rate:.1f}x |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

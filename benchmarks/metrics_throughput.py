@@ -19,14 +19,13 @@ perturbed images.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import platform
 import statistics
 import time
 import warnings
 
 import torch
+from _common import emit, recorded_on
 
 import xbench
 from xbench.metrics import insertion_deletion
@@ -46,7 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
+    # channels_last, as the evaluation engine loads its models
     model = xbench.build_model("cnn", num_classes=200, backbone=args.backbone).to(device).eval()
+    model = model.to(memory_format=torch.channels_last)
     images = torch.randn(args.images, 3, args.size, args.size, device=device)
     maps = torch.rand(args.images, args.size, args.size, device=device)
     targets = torch.randint(0, 200, (args.images,), device=device)
@@ -97,10 +98,9 @@ def main() -> None:
             sync()
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(v) for name, v in times.items()}
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     lines = [
         "# Insertion/deletion throughput", "",
-        f"Recorded {datetime.date.today()} on {where} ({platform.machine()}), torch {torch.__version__}: "
+        f"{recorded_on(device)}: "
         f"{args.backbone} (200 classes), {args.images} images of {args.size} px, step {step} px ({n} steps), "
         f"{total} perturbed images, forward batch {args.batch}, {args.rounds} interleaved rounds (median). "
         f"Command: `python benchmarks/metrics_throughput.py --device {args.device} --backbone {args.backbone} "
@@ -116,11 +116,7 @@ def main() -> None:
         lines.append(f"| Quantus 0.6.0 PixelFlipping (deletion only, {quantus_images // args.images} steps) | "
                      f"{med['quantus']:.2f} | {quantus_images / med['quantus']:.1f} | xbench / Quantus images/s = "
                      f"{speedup:.2f}x; time per curve {med['quantus'] / (med['engine'] / 2):.2f}x |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ cnn against ca_stream, measured with the trainer's own `train_step` in one proce
 
 The "original" INTR configuration materialises the attention weights of every attention
 layer (as nn.MultiheadAttention does), computes each decoder cross-attention twice (per head
-and head-averaged, as the official code does) and trains in fp32. xbench's runs
-scaled_dot_product_attention and, on CUDA, bf16 autocast. Configurations run in interleaved
+and head-averaged, as the official code does) and trains in fp32, NCHW. xbench's runs
+scaled_dot_product_attention, channels_last convolutions and, on CUDA, bf16 autocast — as
+its trainer does. Configurations run in interleaved
 rounds on random tensors (no data loading); the table gives the median images/s over rounds
 and the ratio to the row's baseline.
 
@@ -15,13 +16,12 @@ and the ratio to the row's baseline.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
+from _common import emit, recorded_on
 
 import xbench
 from xbench.config import TrainConfig
@@ -35,6 +35,7 @@ class Case:
     options: dict
     precision: torch.dtype
     baseline: str | None = None  # name of the case this one is compared with
+    channels_last: bool = True  # as xbench's trainer runs; the original code ran NCHW
     rates: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
 
@@ -48,7 +49,7 @@ def cases(device: str) -> tuple[list[Case], dict]:
         fast, r = torch.float32, "resnet18"
     return [
         Case("intr original (weights in every layer, twice, fp32)", "intr", {"attention_impl": "official"},
-             torch.float32),
+             torch.float32, channels_last=False),
         Case(f"intr xbench (sdpa, {str(fast).split('.')[-1]})", "intr", {"attention_impl": "sdpa"}, fast,
              baseline="intr original (weights in every layer, twice, fp32)"),
         Case(f"cnn {r}", "cnn", {"backbone": r}, fast),
@@ -56,7 +57,7 @@ def cases(device: str) -> tuple[list[Case], dict]:
     ], shape
 
 
-def run(args) -> str:
+def run(args) -> list[str]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     all_cases, shape = cases(args.device)
@@ -64,11 +65,12 @@ def run(args) -> str:
     for case in all_cases:
         batch, size = shape["intr" if case.model == "intr" else "cnn"]
         model = xbench.build_model(case.model, num_classes=args.classes, **case.options).to(device)
-        if args.device == "cuda" and case.model != "intr":
+        images = torch.randn(batch, 3, size, size, device=device)
+        if case.channels_last:
             model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
         opt = build_optimizer(model, TrainConfig(lr=1e-4, backbone_lr=1e-5))
         scaler = torch.amp.GradScaler(device.type, enabled=False)
-        images = torch.randn(batch, 3, size, size, device=device)
         labels = torch.randint(0, args.classes, (batch,), device=device)
         built[case.name] = (model, opt, scaler, images, labels)
 
@@ -94,10 +96,9 @@ def run(args) -> str:
                 case.peak_mb = max(case.peak_mb, torch.cuda.max_memory_allocated() / 2**20)
 
     medians = {c.name: statistics.median(c.rates) for c in all_cases}
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     lines = [
         "# Training throughput", "",
-        f"Recorded {datetime.date.today()} on {name} ({platform.machine()}), torch {torch.__version__}, "
+        f"{recorded_on(device)}, "
         f"{args.classes} classes, {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} warm-up "
         f"steps. INTR: batch {shape['intr'][0]} at {shape['intr'][1]} px; CNNs: batch {shape['cnn'][0]} at "
         f"{shape['cnn'][1]} px. Command: `python benchmarks/train_throughput.py --device {args.device}`.", "",
@@ -110,7 +111,7 @@ def run(args) -> str:
         if device.type == "cuda":
             row += f" {case.peak_mb / 1024:.1f} GiB |"
         lines.append(row)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
@@ -122,11 +123,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also write the Markdown table to this file")
     args = parser.parse_args()
-    report = run(args)
-    print(report)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report)
+    emit(run(args), args.out)
 
 
 if __name__ == "__main__":

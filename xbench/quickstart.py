@@ -92,7 +92,7 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
     times: dict[str, float] = {}
 
     t0 = time.time()
-    root = ensure_generated(base.dataset)
+    root = ensure_generated(base.dataset, progress=progress)
     base.dataset.root = str(root)
     for cfg in stages.values():
         cfg.dataset.root = str(root)

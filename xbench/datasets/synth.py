@@ -457,11 +457,12 @@ def default_root(settings: SynthSettings) -> Path:
     return Path("data") / f"synth-{settings.preset}-{tag}-seed{settings.seed}"
 
 
-def ensure_generated(cfg, workers: int | None = None) -> Path:
+def ensure_generated(cfg, workers: int | None = None, progress: bool = True) -> Path:
     """Generate the benchmark a dataset config names (once) and return its root."""
     settings = SynthSettings(**asdict(cfg.synth))
     root = Path(cfg.root) if cfg.root else default_root(settings)
-    return generate(root, settings, workers=workers if workers is not None else (os.cpu_count() or 1))
+    return generate(root, settings, workers=workers if workers is not None else (os.cpu_count() or 1),
+                    progress=progress)
 
 
 @register_dataset("synth", description="xbench's procedural part-annotated benchmark (CUB layout)")

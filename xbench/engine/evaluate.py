@@ -99,6 +99,7 @@ def load_model(cfg: Config, name: str, num_classes: int, class_names: list[str],
         from ..methods.intr import load_official_intr
 
         model = load_official_intr(path, num_classes=num_classes)
+    # channels_last weights: convolutions run faster in NHWC on CPU and CUDA alike (they convert inputs)
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
@@ -215,8 +216,7 @@ class Evaluator:
     @torch.no_grad()
     def _score_batch(self, batch: dict, rows: list, curves: dict, maps: dict) -> None:
         ev, device = self.cfg.evaluate, self.ctx.device
-        images = batch["image"].to(device).contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].to(device)
+        images = batch["image"].to(device)
         h, w = images.shape[-2:]
         regions = {name: batch[key].to(device).bool() for name, key in REGIONS.items()
                    if key in batch and name != "box"}
@@ -224,50 +224,53 @@ class Evaluator:
         if boxes is not None:
             regions = {"box": boxes_to_mask(boxes, (h, w)), **regions}
         index = batch["index"].tolist()
-        figure = [i for i, idx in enumerate(index) if idx in self.figure_samples]
-        for i in figure:
+        shared = _Batch(images, batch["label"].to(device), regions, boxes, index,
+                        [i for i, idx in enumerate(index) if idx in self.figure_samples], protocol_step(ev.protocol, w))
+        for i in shared.figure:
             maps[f"image|{index[i]}"] = _raw_image(batch["image"][i], self.cfg.dataset.mean, self.cfg.dataset.std)
             if boxes is not None:
                 maps[f"box|{index[i]}"] = batch["box"][i].numpy()
-        step = protocol_step(ev.protocol, w)
         for model_name in dict.fromkeys(m.model for m in self.methods):
             model = self.models[model_name]
             kwargs = {"pad_mask": batch["pad_mask"].to(device)} if "pad_mask" in batch and self.takes_pad_mask[model_name] else {}
             logits = model(images, **kwargs).float()
             probs = logits.softmax(-1)
             pred = logits.argmax(1)
-            acc = accuracy_topk(logits, labels)
-            targets = labels if self.target == "gt" else pred
-            original = probs.gather(1, targets[:, None])[:, 0]
-            chunk = chunk_size(model, images[0], ev.memory_budget_mb)
-            k = min(ev.top_k, logits.shape[1])
-            top = probs.topk(k, dim=1)
-            for i in figure:
-                maps[f"topk|{model_name}|{index[i]}"] = np.stack([top.indices[i].cpu().numpy(),
-                                                                  top.values[i].cpu().numpy()], 1).astype(np.float32)
-            if model_name in HEAD_MODELS and figure:
-                sel = torch.tensor(figure, device=device)
-                classes = torch.cat([labels[sel, None], top.indices[sel]], 1)
-                heads = model.attention_maps(images[sel], classes)
-                for j, i in enumerate(figure):
-                    maps[f"heads|{model_name}|{index[i]}"] = heads[j].cpu().numpy().astype(np.float16)
-                    maps[f"headclasses|{model_name}|{index[i]}"] = classes[j].cpu().numpy()
+            targets = shared.labels if self.target == "gt" else pred
+            run = _ModelRun(model, targets, probs.gather(1, targets[:, None])[:, 0], pred,
+                            accuracy_topk(logits, shared.labels), chunk_size(model, images[0], ev.memory_budget_mb))
+            self._store_predictions(model_name, model, shared, probs, maps)
             for method in (m for m in self.methods if m.model == model_name):
-                self._score_method(method, model, images, labels, targets, original, regions, boxes, step, chunk,
-                                   index, figure, acc, pred, rows, curves, maps)
+                self._score_method(method, shared, run, rows, curves, maps)
 
-    def _score_method(self, method, model, images, labels, targets, original, regions, boxes, step, chunk, index,
-                      figure, acc, pred, rows, curves, maps) -> None:
-        h, w = images.shape[-2:]
-        explainer = self.explainers[method.label]
-        prepared = prepare(explainer(images, targets), (h, w))
+    def _store_predictions(self, model_name: str, model, shared: _Batch, probs, maps: dict) -> None:
+        """Top-k of the figure samples, and INTR/ICN per-head maps for their true and top-k classes."""
+        if not shared.figure:
+            return
+        top = probs.topk(min(self.cfg.evaluate.top_k, probs.shape[1]), dim=1)
+        for i in shared.figure:
+            maps[f"topk|{model_name}|{shared.index[i]}"] = np.stack(
+                [top.indices[i].cpu().numpy(), top.values[i].cpu().numpy()], 1).astype(np.float32)
+        if model_name in HEAD_MODELS:
+            sel = torch.tensor(shared.figure, device=probs.device)
+            classes = torch.cat([shared.labels[sel, None], top.indices[sel]], 1)
+            heads = model.attention_maps(shared.images[sel], classes)
+            for j, i in enumerate(shared.figure):
+                maps[f"heads|{model_name}|{shared.index[i]}"] = heads[j].cpu().numpy().astype(np.float16)
+                maps[f"headclasses|{model_name}|{shared.index[i]}"] = classes[j].cpu().numpy()
+
+    def _score_method(self, method: Method, shared: _Batch, run: _ModelRun, rows: list, curves: dict,
+                      maps: dict) -> None:
+        h, w = shared.images.shape[-2:]
+        prepared = prepare(self.explainers[method.label](shared.images, run.targets), (h, w))
         randomised = None
         if method.label in self.randomised:
             other = self.randomised[method.label]
-            randomised = lambda: prepare(other(images, targets), (h, w)).maps  # noqa: E731
-        inp = MetricInput(model=model, images=images, maps=prepared.maps, targets=targets, labels=labels,
-                          original=original, regions=regions, boxes=boxes, mean=self.cfg.dataset.mean,
-                          std=self.cfg.dataset.std, step=step, chunk=chunk, randomised_maps=randomised)
+            randomised = lambda: prepare(other(shared.images, run.targets), (h, w)).maps  # noqa: E731
+        inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
+                          labels=shared.labels, original=run.original, regions=shared.regions, boxes=shared.boxes,
+                          mean=self.cfg.dataset.mean, std=self.cfg.dataset.std, step=shared.step, chunk=run.chunk,
+                          randomised_maps=randomised)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)
@@ -275,18 +278,44 @@ class Evaluator:
             method_curves.update({k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
                                   for k, v in out.curves.items()})
         first_row = len(rows)
-        for i, idx in enumerate(index):
+        for i, idx in enumerate(shared.index):
             row = {"dataset": self.cfg.dataset.name, "split": self.split, "index": idx, "method": method.label,
                    "model": method.model, "explainer": method.explainer, "target_kind": self.target,
-                   "target": int(targets[i]), "label": int(labels[i]), "prediction": int(pred[i]),
-                   "acc1": bool(acc["acc1"][i]), "acc5": bool(acc["acc5"][i]), "prob": float(original[i]),
-                   "degenerate": bool(prepared.degenerate[i]), "nonfinite": bool(prepared.nonfinite[i])}
+                   "target": int(run.targets[i]), "label": int(shared.labels[i]), "prediction": int(run.pred[i]),
+                   "acc1": bool(run.accuracy["acc1"][i]), "acc5": bool(run.accuracy["acc5"][i]),
+                   "prob": float(run.original[i]), "degenerate": bool(prepared.degenerate[i]),
+                   "nonfinite": bool(prepared.nonfinite[i])}
             row.update({k: float(v[i]) for k, v in values.items()})
             rows.append(row)
         for name, value in method_curves.items():
             curves.setdefault(name, []).append((first_row, value.numpy()))
-        for i in figure:
-            maps[f"saliency|{method.label}|{index[i]}"] = prepared.maps[i].cpu().numpy().astype(np.float16)
+        for i in shared.figure:
+            maps[f"saliency|{method.label}|{shared.index[i]}"] = prepared.maps[i].cpu().numpy().astype(np.float16)
+
+
+@dataclass
+class _Batch:
+    """What every method of every model shares in one batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    regions: dict
+    boxes: torch.Tensor | None
+    index: list[int]  # each sample's index in the split
+    figure: list[int]  # positions in the batch of the samples figures show
+    step: int  # insertion/deletion pixels per step
+
+
+@dataclass
+class _ModelRun:
+    """One model's pass over the batch: what its explainers are scored against."""
+
+    model: torch.nn.Module
+    targets: torch.Tensor  # the class explained and scored
+    original: torch.Tensor  # its probability on the unperturbed images
+    pred: torch.Tensor
+    accuracy: dict
+    chunk: int  # images per perturbation forward pass
 
 
 def _raw_image(image: torch.Tensor, mean, std) -> np.ndarray:

@@ -51,7 +51,6 @@ def target_probabilities(model: nn.Module, build: Callable[[int, int], tuple[tor
     for start in range(0, total, chunk):
         end = min(start + chunk, total)
         images, targets = build(start, end)
-        images = images.contiguous(memory_format=torch.channels_last)  # faster convolutions, CPU and CUDA
         if out is None:
             out = torch.empty(total, device=images.device)
         dtype = perturbation_dtype(images.device)

@@ -183,19 +183,25 @@ def intr_heads_figure(maps: dict, out_dir: Path, model: str = "intr", sample: in
     probs = {int(c): p for c, p in maps.get(f"topk|{model}|{sample}", np.zeros((0, 2)))}
     n_rows, n_heads = heads.shape[0], heads.shape[1]
     fig, axes = plt.subplots(n_rows, n_heads + 1, squeeze=False,
-                             figsize=(DOUBLE, DOUBLE / (n_heads + 1) * n_rows * 1.1))
+                             figsize=(DOUBLE, DOUBLE / (n_heads + 1) * n_rows * 1.1 + 0.4))
+    legend = []
     for r in range(n_rows):
         cls = int(classes[r])
         name = class_names[cls] if class_names and cls < len(class_names) else str(cls)
+        short = name.split(".")[0]
         tag = "true" if r == 0 else f"top-{r}"
-        prob = f" p={probs[cls]:.2f}" if cls in probs else ""
+        prob = f"\np={probs[cls]:.2f}" if cls in probs else ""
         for c in range(n_heads + 1):
             attn = heads[r, c] if c < n_heads else heads[r].mean(0)
             _overlay(axes[r, c], image, attn)
             if r == 0:
                 axes[r, c].set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
-        axes[r, 0].set_ylabel(f"{tag}: {name[:18]}{prob}", fontsize=5)
+        axes[r, 0].set_ylabel(f"{tag}: {short}{prob}", fontsize=6, rotation=0, ha="right", va="center")
+        if f"{short}: {name}" not in legend and short != name:
+            legend.append(f"{short}: {name.split('.', 1)[-1]}")
     fig.subplots_adjust(wspace=0.03, hspace=0.05)
+    if legend:  # full class names below the grid
+        fig.text(0.5, 0.0, "   ".join(legend), ha="center", va="top", fontsize=5, wrap=True)
     return _save(fig, out_dir, f"{model}_heads")
 
 
