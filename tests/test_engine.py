@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import xbench
 from xbench.config import load_config
@@ -137,3 +138,34 @@ def test_missing_checkpoint_and_wrong_classes_are_named(tiny_run_setup, tmp_path
     with pytest.raises(ValueError, match="trained for 5 classes but 3 are asked for"):
         evaluate(load_config([], overrides + ["evaluate.methods=gradcam", f"evaluate.checkpoints.cnn={tmp_path}/five.pt"]),
                  out=tmp_path / "y", progress=False)
+
+
+def test_parameter_randomisation_is_opt_in_and_scores_every_row(tiny_run_setup):
+    base, overrides = tiny_run_setup
+    plain = load_results(evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr"]),
+                                  out=base / "plain", progress=False))[0]
+    assert "randomisation_spearman" not in plain.columns
+    out = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,random",
+                                                "evaluate.parameter_randomisation=true"]),
+                   out=base / "sanity", progress=False)
+    rows = load_results(out)[0]
+    rho = rows.set_index("method")["randomisation_spearman"]
+    assert rho.notna().all() and (rho.abs() <= 1 + 1e-6).all()
+    # A map that ignores the model cannot change when the model's weights are randomised; nor
+    # can INTR's attention, which is computed before its (randomised) presence vector.
+    assert (rho.loc["random@cnn"] == 1.0).all() and (rho.loc["attention@intr"] == 1.0).all()
+
+
+def test_randomised_copy_reinitialises_only_the_top_layer():
+    from xbench.metrics.sanity import randomised_copy, top_layer
+
+    cnn = xbench.build_model("cnn", num_classes=3, **HALF)
+    intr = xbench.build_model("intr", num_classes=3, **{**HALF, "hidden_dim": 32, "nheads": 4, "enc_layers": 1,
+                                                         "dec_layers": 1, "dim_feedforward": 32})
+    stream = xbench.build_model("ca_stream", num_classes=3, **HALF)
+    assert [top_layer(m)[0] for m in (cnn, intr, stream)] == ["fc", "presence_vector", "blocks.4.proj"]
+    copy = randomised_copy(cnn, seed=1)
+    changed = {k for k, v in cnn.state_dict().items() if not torch.equal(v, copy.state_dict()[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+    again = randomised_copy(cnn, seed=1)
+    assert torch.equal(again.fc.weight, copy.fc.weight)

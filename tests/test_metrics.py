@@ -235,3 +235,13 @@ def test_metric_values_do_not_depend_on_batch_size_or_composition(small_cnn):
                                              step=32 * 32)["insertion_curve"].shape == (1, 2)
     with pytest.raises(ValueError, match="targets has 2 entries for a batch of 5 images"):
         insertion_deletion(small_cnn, images, saliency, targets[:2])
+
+
+def test_spearman_known_values_and_constant_maps():
+    from xbench.metrics.sanity import spearman
+
+    a = torch.arange(16.0).view(1, 4, 4)
+    assert spearman(a, a * 3 + 1).item() == pytest.approx(1.0)
+    assert spearman(a, -a).item() == pytest.approx(-1.0)
+    flat = torch.zeros(1, 4, 4)
+    assert spearman(a, flat).item() == 0.0 and spearman(flat, flat).item() == 1.0

@@ -178,19 +178,18 @@ class Evaluator:
         return self.out
 
     def _setup(self, dataset, indices: list[int]) -> None:
+        """Models, explainers (and their randomised twins) and the samples figures will show."""
         ctx, ev = self.ctx, self.cfg.evaluate
-        self.dataset = dataset
         self.models = {name: load_model(self.cfg, name, dataset.num_classes, dataset.classes, ctx.device)
                        for name in dict.fromkeys(m.model for m in self.methods)}
         self.takes_pad_mask = {n: "pad_mask" in inspect.signature(m.forward).parameters for n, m in self.models.items()}
         self.explainers = {m.label: build_explainer(m.explainer, self.models[m.model], **self._options(m))
                            for m in self.methods}
-        self.randomised = {}
+        self.randomised = {}  # method label -> its explainer on the top-layer-randomised model
         if "parameter_randomisation" in self.metrics:
-            for m in self.methods:
-                if m.model not in self.randomised:
-                    self.randomised[m.model] = randomised_copy(self.models[m.model], seed=self.cfg.seed)
-                self.randomised[m.label] = build_explainer(m.explainer, self.randomised[m.model], **self._options(m))
+            randomised_models = {name: randomised_copy(model, seed=self.cfg.seed) for name, model in self.models.items()}
+            self.randomised = {m.label: build_explainer(m.explainer, randomised_models[m.model], **self._options(m))
+                               for m in self.methods}
         rng = np.random.default_rng(self.cfg.seed)
         count = min(ev.saliency_samples, len(indices))
         self.figure_samples = set(rng.choice(indices, size=count, replace=False).tolist()) if count else set()

@@ -40,14 +40,19 @@ def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def spearman(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
-    """(B,) Spearman correlation between paired maps (average ranks; NaN if a map is constant)."""
+    """(B,) Spearman correlation between paired maps, with average ranks.
+
+    Undefined for a constant map; by convention a constant map against a varying one scores 0
+    (no rank relation: the map changed completely) and two constant maps score 1 (unchanged)."""
     a = rankdata(maps_a.detach().flatten(1).float().cpu().numpy(), axis=1)
     b = rankdata(maps_b.detach().flatten(1).float().cpu().numpy(), axis=1)
     a -= a.mean(1, keepdims=True)
     b -= b.mean(1, keepdims=True)
-    denom = np.sqrt((a**2).sum(1) * (b**2).sum(1))
+    spread_a, spread_b = (a**2).sum(1), (b**2).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(denom > 0, (a * b).sum(1) / denom, np.nan)
+        rho = (a * b).sum(1) / np.sqrt(spread_a * spread_b)
+    flat_a, flat_b = spread_a == 0, spread_b == 0
+    rho = np.where(flat_a & flat_b, 1.0, np.where(flat_a | flat_b, 0.0, rho))
     return torch.from_numpy(rho).float()
 
 
