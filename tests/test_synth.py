@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xbench.config import DatasetConfig
+from xbench.config import DatasetConfig, SynthConfig
 from xbench.datasets import build_dataset, collate
 from xbench.datasets.cub import read_cub
 from xbench.datasets.synth import (
@@ -142,8 +142,8 @@ def test_masks_and_box_line_up_with_the_rendered_object(synth_small):
 
 
 def test_synth_dataset_config_generates_once_and_collates(tmp_path):
-    cfg = DatasetConfig(name="synth", format="synth", root=str(tmp_path / "s"), image_size=32)
-    cfg.synth.classes, cfg.synth.size, cfg.synth.train_per_class, cfg.synth.test_per_class = 3, 40, 2, 1
+    cfg = DatasetConfig(name="synth", format="synth", root=str(tmp_path / "s"), image_size=32,
+                        synth=SynthConfig(classes=3, size=40, train_per_class=2, test_per_class=1))
     train = build_dataset(cfg, "train", train=True)
     first = (tmp_path / "s" / "images.txt").stat().st_mtime_ns
     test = build_dataset(cfg, "test")

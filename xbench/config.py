@@ -34,9 +34,11 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthConfig:
-    """Generation settings of the synthetic benchmark (used when dataset.format is synth)."""
+    """Generation settings of the synthetic benchmark (used when dataset.format is synth).
+
+    Image i of the benchmark depends only on these settings and i (see datasets/synth.py)."""
 
     classes: int = 12
     size: int = 96

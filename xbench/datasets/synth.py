@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..config import SynthConfig
 from ..registry import register_dataset
 from .cub import read_cub
 
@@ -82,13 +83,8 @@ PRESETS = {
 
 
 @dataclass(frozen=True)
-class SynthSettings:
-    classes: int = 12
-    size: int = 96
-    train_per_class: int = 200
-    test_per_class: int = 40
-    seed: int = 0
-    preset: str = "default"
+class SynthSettings(SynthConfig):
+    """The config's settings with what follows from them: the difficulty preset and image count."""
 
     @property
     def difficulty(self) -> Difficulty:
@@ -174,6 +170,14 @@ def _scaled(points, anchor, s):
     return [(anchor[0] + (p[0] - anchor[0]) * s, anchor[1] + (p[1] - anchor[1]) * s) for p in points]
 
 
+def _triangles(u, v, triangles, anchor, s):
+    """Union of triangles, each scaled by s about the anchor where the part joins the body."""
+    mask = np.zeros(u.shape, bool)
+    for tri in triangles:
+        mask |= _triangle(u, v, *_scaled(tri, anchor, s))
+    return mask
+
+
 def _beak(u, v, variant, s):
     anchor = (0.35, -0.08)
     shapes = {
@@ -182,10 +186,7 @@ def _beak(u, v, variant, s):
         "hooked": [[(0.35, -0.125), (0.35, -0.04), (0.49, -0.10)], [(0.44, -0.115), (0.50, -0.10), (0.47, -0.02)]],
         "thick": [[(0.33, -0.16), (0.33, 0.0), (0.47, -0.08)]],
     }[variant]
-    mask = np.zeros(u.shape, bool)
-    for tri in shapes:
-        mask |= _triangle(u, v, *_scaled(tri, anchor, s))
-    return mask
+    return _triangles(u, v, shapes, anchor, s)
 
 
 def _tail(u, v, variant, s):
@@ -197,10 +198,7 @@ def _tail(u, v, variant, s):
         "forked": [[(-0.2, 0.0), (-0.53, -0.13), (-0.45, -0.02)], [(-0.2, 0.04), (-0.53, 0.17), (-0.45, 0.06)]],
         "pointed": [[(-0.2, -0.04), (-0.2, 0.08), (-0.6, 0.02)]],
     }[variant]
-    mask = np.zeros(u.shape, bool)
-    for tri in shapes:
-        mask |= _triangle(u, v, *_scaled(tri, anchor, s))
-    return mask
+    return _triangles(u, v, shapes, anchor, s)
 
 
 def _head_marking(u, v, variant, s):
