@@ -85,7 +85,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if "GLOBAL" in detail:
             raise CheckpointError(
                 f"{path} was refused: it asks to import Python objects a checkpoint may not hold ({detail}). "
-                "xbench never loads with weights_only=False; re-save the weights as a plain state dict"
+                "xbench never loads with code execution allowed, only tensors and allow-listed types; "
+                "re-save the weights as a plain state dict"
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {detail}") from None
     except (RuntimeError, EOFError, OSError) as exc:
