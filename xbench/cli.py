@@ -268,12 +268,12 @@ def explain_cmd(
     set_: List[str] | None = SetOpt,
 ) -> None:
     """Predict one image and draw the method's explanation (INTR/ICN: per-head maps of the top-k classes)."""
-    from .engine.evaluate import parse_methods
+    from .engine.evaluate import checkpoint_path, parse_methods
     from .report.explain import explain_image
 
     cfg = resolve_config(config, set_, dataset=dataset)
     model = parse_methods([method])[0].model
-    path = checkpoint or Path(cfg.output_dir) / cfg.dataset.name / model / "best.pt"
+    path = checkpoint or checkpoint_path(cfg, model)
     result = explain_image(method, image, path, out, top_k=top_k, target=target,
                            options=cfg.evaluate.explainers.get(method.split("@")[0]))
     for name, prob in result["top_k"]:

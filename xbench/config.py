@@ -127,9 +127,9 @@ class Config:
     output_dir: str = "runs"
     seed: int = 0
 
-    def run_dir(self) -> Path:
-        """Where training writes: <output_dir>/<dataset>/<model>/."""
-        return Path(self.output_dir) / self.dataset.name / self.model.name
+    def run_dir(self, model: str | None = None) -> Path:
+        """Where training writes: <output_dir>/<dataset>/<model>/ (this config's model by default)."""
+        return Path(self.output_dir) / self.dataset.name / (model or self.model.name)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -141,8 +141,11 @@ class Config:
         """Write the resolved config as YAML (readable, and loadable by `load_config`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.write_text(self.to_yaml())
         return path
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

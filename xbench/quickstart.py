@@ -9,7 +9,6 @@ cnn's checkpoint). Finished stages are skipped, and say so; `fresh=True` redoes 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -22,9 +21,8 @@ import yaml
 from .config import Config, ConfigError, config_dir, config_from_dict, merge_layers, overrides_layer
 from .datasets.synth import ensure_generated
 from .engine.evaluate import evaluate
-from .engine.store import load_results
 from .report import full_report
-from .train.checkpoint import load_checkpoint
+from .train.checkpoint import atomic_write_json
 from .train.trainer import train
 
 log = logging.getLogger(__name__)
@@ -50,18 +48,28 @@ def load_quickstart(path: str | Path | None = None, overrides: list[str] | tuple
         raise ConfigError(f"{path} needs a 'stages:' mapping that starts with cnn")
     data = merge_layers(data, overrides_layer(list(overrides)))
     base = config_from_dict(data)
-    cnn_checkpoint = str(base.run_dir().parent / "cnn" / "best.pt")
+    cnn_checkpoint = str(base.run_dir("cnn") / "best.pt")
     configs = {}
     for name in ["cnn"] + [n for n in stages if n != "cnn"]:  # every later stage starts from the cnn
         stage = stages[name]
         if name in optional and not with_icn:
             continue
-        stage = json.loads(json.dumps(stage).replace("{cnn}", cnn_checkpoint))
-        configs[name] = config_from_dict(merge_layers(copy.deepcopy({k: v for k, v in data.items() if k != "evaluate"}),
-                                                stage))
+        stage = _substitute(stage, "{cnn}", cnn_checkpoint)
+        configs[name] = config_from_dict(merge_layers({k: v for k, v in data.items() if k != "evaluate"}, stage))
     if not with_icn:
         base.evaluate.methods = [m for m in base.evaluate.methods if "icn" not in m]
     return base, configs
+
+
+def _substitute(value: Any, placeholder: str, text: str) -> Any:
+    """`value` with `placeholder` replaced by `text` in every string it holds."""
+    if isinstance(value, str):
+        return value.replace(placeholder, text)
+    if isinstance(value, dict):
+        return {k: _substitute(v, placeholder, text) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, placeholder, text) for v in value]
+    return value
 
 
 def _stage_done(cfg: Config, upstream: Path | None) -> dict | None:
@@ -76,12 +84,6 @@ def _stage_done(cfg: Config, upstream: Path | None) -> dict | None:
     if upstream is not None and upstream.is_file() and upstream.stat().st_mtime > best.stat().st_mtime:
         return None
     return summary
-
-
-def test_accuracy(cfg: Config) -> float:
-    """The accuracy@1 on the evaluation split recorded in the run's best checkpoint."""
-    ckpt = load_checkpoint(cfg.run_dir() / "best.pt")
-    return float(ckpt["best_acc1"])
 
 
 def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = (), fresh: bool = False,
@@ -110,9 +112,9 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
                      cfg.run_dir(), done["best_acc1"])
         else:
             resume = (cfg.run_dir() / "last.pt").is_file() and not fresh
-            train(cfg, resume=resume, fresh=not resume, progress=progress)
+            done = train(cfg, resume=resume, fresh=not resume, progress=progress)
             retrained = True
-        accuracies[name] = test_accuracy(cfg)
+        accuracies[name] = done["best_acc1"]  # the quickstart validates on its test split
         times[f"train {name}"] = time.time() - t0
         if name == "cnn":
             upstream = cfg.run_dir() / "best.pt"
@@ -126,19 +128,17 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
     written = full_report(results)
     times["report"] = time.time() - t0
     times["total"] = time.time() - started
-    rows, _ = load_results(results)
     summary = {"seconds": {k: round(v, 1) for k, v in times.items()},
                "test_acc1": {k: round(v, 4) for k, v in accuracies.items()},
                "below_bar": [k for k, v in accuracies.items() if v < ACCURACY_BAR],
-               "pointing_game_parts": pointing_margins(written["board"]),
+               "pointing_game_parts": pointing_game_on_parts(written["board"]),
                "report": str(written["report"]), "leaderboard": str(results / "leaderboard.md")}
-    (results / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(results / "quickstart.json", summary)
     summary["terminal_table"] = terminal_table(written["board"])
-    summary["rows"] = len(rows)
     return summary
 
 
-def pointing_margins(board) -> dict[str, float]:
+def pointing_game_on_parts(board) -> dict[str, float]:
     """Pointing game against the discriminative parts per method (percent), for the summary."""
     cells = board.cells[board.cells["metric"] == "pointing_game_parts"]
     return {m: round(100 * v, 1) for m, v in zip(cells["method"], cells["mean"])}

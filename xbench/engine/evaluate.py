@@ -10,6 +10,7 @@ rank 0 merges.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -82,9 +83,14 @@ def selected_metrics(cfg: Config) -> list[str]:
     return names
 
 
+def checkpoint_path(cfg: Config, name: str) -> Path:
+    """evaluate.checkpoints[name], else the best checkpoint of its training run."""
+    return Path(cfg.evaluate.checkpoints.get(name) or cfg.run_dir(name) / "best.pt")
+
+
 def load_model(cfg: Config, name: str, num_classes: int, class_names: list[str], device) -> torch.nn.Module:
-    """The model `name` from evaluate.checkpoints[name] or <output_dir>/<dataset>/<name>/best.pt."""
-    path = Path(cfg.evaluate.checkpoints.get(name) or Path(cfg.output_dir) / cfg.dataset.name / name / "best.pt")
+    """The model `name` from its `checkpoint_path`, in eval mode on `device`."""
+    path = checkpoint_path(cfg, name)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint for {name}: {path} does not exist; train it "
                                 f"(xbench train --method {name} ...) or pass --checkpoint {name}=<file>")
@@ -131,7 +137,7 @@ class Evaluator:
         ev, ds = self.cfg.evaluate, self.cfg.dataset
         checkpoints = {}
         for model in sorted({m.model for m in self.methods}):
-            path = Path(ev.checkpoints.get(model) or Path(self.cfg.output_dir) / ds.name / model / "best.pt")
+            path = checkpoint_path(self.cfg, model)
             stat = path.stat() if path.exists() else None
             checkpoints[model] = [str(path), stat.st_size if stat else None, int(stat.st_mtime) if stat else None]
         return {"dataset": ds.name, "root": ds.root, "split": self.split, "image_size": ds.image_size,
@@ -148,10 +154,10 @@ class Evaluator:
         indices = evaluation_indices(len(dataset), self.cfg.evaluate.limit, self.cfg.seed)
         size = self.cfg.evaluate.shard_size
         shards = [indices[i:i + size] for i in range(0, len(indices), size)]
-        lock = self.store.lock(wait=wait) if ctx.is_main else _no_lock()
+        lock = self.store.lock(wait=wait) if ctx.is_main else contextlib.nullcontext()
         with lock:
             if ctx.is_main:
-                self.store.prepare(self.fingerprint(indices), yaml_text(self.cfg), fresh=fresh)
+                self.store.prepare(self.fingerprint(indices), self.cfg.to_yaml(), fresh=fresh)
             D.barrier(ctx)
             done = self.store.done_shards()
             todo = [s for s in range(len(shards)) if s not in done]
@@ -337,20 +343,6 @@ def _stack_curves(curves: dict[str, list]) -> dict[str, np.ndarray]:
         out[name] = np.concatenate(arrays)
         out[f"{name}.row"] = rows
     return out
-
-
-class _no_lock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def yaml_text(cfg: Config) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def evaluate(cfg: Config, *, out: str | Path | None = None, fresh: bool = False, wait: bool = False,

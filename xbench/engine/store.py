@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..train.checkpoint import atomic_write
+from ..train.checkpoint import atomic_write, atomic_write_json
 
 PACKAGES = ("xbench", "torch", "torchvision", "timm", "grad-cam", "captum", "numpy", "pandas")
 
@@ -105,9 +105,9 @@ class ResultStore:
         self.shards.mkdir(parents=True, exist_ok=True)
         for tmp in self.shards.glob(".*.tmp"):
             tmp.unlink()
-        atomic_write(run, lambda t: Path(t).write_text(json.dumps(fingerprint, indent=2) + "\n"))
+        atomic_write_json(run, fingerprint)
         atomic_write(self.root / "config.yaml", lambda t: Path(t).write_text(config_text))
-        atomic_write(self.root / "versions.json", lambda t: Path(t).write_text(json.dumps(versions(), indent=2) + "\n"))
+        atomic_write_json(self.root / "versions.json", versions())
 
     # -------------------------------------------------------------------- shards
 
@@ -121,8 +121,7 @@ class ResultStore:
                     maps: dict[str, np.ndarray], skipped: list[dict]) -> None:
         atomic_write(self.shard_path(shard, ".npz"), _save_npz(curves))
         atomic_write(self.shard_path(shard, ".maps.npz"), _save_npz(maps))
-        atomic_write(self.shard_path(shard, ".skipped.json"),
-                      lambda t: Path(t).write_text(json.dumps(skipped) + "\n"))
+        atomic_write_json(self.shard_path(shard, ".skipped.json"), skipped)
         frame = pd.DataFrame(rows)
         atomic_write(self.shard_path(shard, ".csv"), lambda t: frame.to_csv(t, index=False))
 
@@ -148,7 +147,7 @@ class ResultStore:
         atomic_write(self.root / "curves.npz", _save_npz(merged))
         atomic_write(self.root / "maps.npz", _save_npz(maps))
         summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
-        atomic_write(self.root / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=2) + "\n"))
+        atomic_write_json(self.root / "summary.json", summary)
         return rows
 
 

@@ -10,16 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..metrics.forward import as_targets
 from ..registry import register_explainer
-
-
-def as_targets(targets, images: torch.Tensor) -> torch.Tensor:
-    """Targets as a (B,) long tensor on the images' device; a length other than B is an error."""
-    t = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
-    if t.numel() != images.shape[0]:
-        raise ValueError(f"targets has {t.numel()} entries for a batch of {images.shape[0]} images; "
-                         "give one target class per image")
-    return t
 
 
 class Explainer:

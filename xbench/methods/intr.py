@@ -200,8 +200,9 @@ def _cnn_arch(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if ckpt.get("model_name") != "cnn":
         found = ckpt.get("model_name") or guess_family(state_dict_of(ckpt))
         raise CheckpointError(f"init_backbone_from={path} must be an xbench cnn checkpoint; it holds {found}")
-    opts = ckpt.get("model_options", {})
-    return {k: opts.get(k) for k in ("backbone", "channels", "stem_width")}, state_dict_of(ckpt)
+    opts, state = ckpt.get("model_options", {}), state_dict_of(ckpt)
+    check_finite(state, path)
+    return {k: opts.get(k) for k in ("backbone", "channels", "stem_width")}, state
 
 
 def _without_classifier(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -247,7 +248,6 @@ def _build(cls, head_options: dict, *, num_classes: int, backbone: str, output_s
             _load_detr(model, detr_weights)
     if backbone_weights or cnn_state is not None:
         state = read_weights(backbone_weights) if backbone_weights else cnn_state
-        check_finite(state, str(backbone_weights or init_backbone_from))
         load_weights(body, _without_classifier(state), str(backbone_weights or init_backbone_from))
     model.arch_options = {
         "backbone": backbone, "output_stride": output_stride, "hidden_dim": hidden_dim, "nheads": nheads,

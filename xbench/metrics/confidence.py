@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..datasets.transforms import denormalise, normalise
-from .forward import chunk_size, target_probabilities
+from .forward import as_targets, chunk_size, target_probabilities
 from .saliency import normalised
 
 
@@ -25,9 +25,7 @@ def average_drop_gain(model: nn.Module, images: torch.Tensor, saliency: torch.Te
     `original` (B,) may give the target probabilities on the unmasked images (else computed).
     """
     b, _, h, w = images.shape
-    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
-    if targets.numel() != b:
-        raise ValueError(f"targets has {targets.numel()} entries for a batch of {b} images")
+    targets = as_targets(targets, images)
     maps = normalised(saliency, (h, w))
     masked = normalise(denormalise(images, mean, std) * maps[:, None], mean, std)
     chunk = batch_size or chunk_size(model, images[0], memory_budget_mb)

@@ -18,6 +18,15 @@ CPU_ACTIVATION_FACTOR = 40
 MAX_CHUNK = 512
 
 
+def as_targets(targets, images: torch.Tensor) -> torch.Tensor:
+    """Targets as a (B,) long tensor on the images' device; a length other than B is an error."""
+    t = torch.as_tensor(targets, dtype=torch.long, device=images.device).reshape(-1)
+    if t.numel() != images.shape[0]:
+        raise ValueError(f"targets has {t.numel()} entries for a batch of {images.shape[0]} images; "
+                         "give one target class per image")
+    return t
+
+
 def perturbation_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (the forward passes dominate), fp32 on CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from .aggregate import aggregate
 from .saliency import descending_order, normalised
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)
@@ -133,19 +134,13 @@ def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
     return {"v1": torch.from_numpy(v1), "v2": torch.from_numpy(v2)}
 
 
-def best_threshold_accuracy(hits: np.ndarray) -> float:
-    """Accuracy at the best threshold: hits (N, T) -> max_T mean_N; hits (N, T, D) -> mean_D max_T mean_N."""
-    rate = np.asarray(hits, float).mean(0)
-    return float(rate.max(0).mean()) if rate.ndim == 2 else float(rate.max())
-
-
 def max_box_acc(v1: np.ndarray, v2: np.ndarray) -> dict[str, float]:
     """Dataset-level MaxBoxAcc (v1 hits (N, T)) and MaxBoxAccV2 (v2 hits (N, T, D)), in [0, 1]."""
-    return {"max_box_acc": best_threshold_accuracy(v1), "max_box_acc_v2": best_threshold_accuracy(v2)}
+    return {"max_box_acc": aggregate("curve", v1), "max_box_acc_v2": aggregate("curve", v2)}
 
 
 def class_mean(values: np.ndarray, labels: np.ndarray) -> float:
     """Mean over classes of per-class means (NaN values ignored)."""
     values, labels = np.asarray(values, float), np.asarray(labels)
-    means = [np.nanmean(values[labels == c]) for c in np.unique(labels) if np.isfinite(values[labels == c]).any()]
-    return float(np.mean(means)) if means else float("nan")
+    finite = np.isfinite(values)
+    return aggregate("class_mean", values[finite], labels[finite])

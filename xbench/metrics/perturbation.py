@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forward import chunk_size, target_probabilities
+from .forward import as_targets, chunk_size, target_probabilities
 from .saliency import descending_order, normalised
 
 PROTOCOLS = {
@@ -62,9 +62,7 @@ def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     Returns insertion, deletion (B,) AUCs and insertion_curve, deletion_curve (B, n+1).
     """
     b, _, h, w = images.shape
-    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
-    if targets.numel() != b:
-        raise ValueError(f"targets has {targets.numel()} entries for a batch of {b} images")
+    targets = as_targets(targets, images)
     step = step or 8 * w
     n = math.ceil(h * w / step)
     rank = torch.empty(b, h * w, dtype=torch.long, device=images.device)

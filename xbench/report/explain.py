@@ -48,10 +48,9 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, out: s
     if spec.model in HEAD_MODELS:
         with torch.no_grad():
             heads = model.attention_maps(batch, top.indices[None])[0].numpy()  # (k, heads, h, w)
-    _figure(raw, saliency, [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())],
-            names[target], spec.label, heads, Path(out))
-    return {"top_k": [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())],
-            "target": names[target], "out": str(out)}
+    ranked = [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())]
+    _figure(raw, saliency, ranked, names[target], spec.label, heads, Path(out))
+    return {"top_k": ranked, "target": names[target], "out": str(out)}
 
 
 def _figure(image, saliency, top, target_name, label, heads, out: Path) -> None:

@@ -197,8 +197,9 @@ def intr_heads_figure(maps: dict, out_dir: Path, model: str = "intr", sample: in
             if r == 0:
                 axes[r, c].set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
         axes[r, 0].set_ylabel(f"{tag}: {short}{prob}", fontsize=6, rotation=0, ha="right", va="center")
-        if f"{short}: {name}" not in legend and short != name:
-            legend.append(f"{short}: {name.split('.', 1)[-1]}")
+        entry = f"{short}: {name.split('.', 1)[-1]}"
+        if short != name and entry not in legend:  # the true class may also be a top-k prediction
+            legend.append(entry)
     fig.subplots_adjust(wspace=0.03, hspace=0.05)
     if legend:  # full class names below the grid
         fig.text(0.5, 0.0, "   ".join(legend), ha="center", va="top", fontsize=5, wrap=True)

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from ..metrics import column_info
+from ..metrics.aggregate import aggregate, weighted_aggregate
 
 NOT_PERCENT = {"complexity", "randomisation_spearman"}
 CURVE_COLUMNS = {"max_box_acc": "box_hits_v1", "max_box_acc_v2": "box_hits_v2"}
@@ -53,29 +54,6 @@ def metric_columns(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> list[st
     return sorted(columns, key=lambda c: next((i for i, p in enumerate(order) if c.startswith(p)), len(order)))
 
 
-def _aggregate(kind: str, values: np.ndarray, labels: np.ndarray) -> float:
-    """The metric's aggregate over samples (one resample of weight 1 each)."""
-    return float(_weighted(kind, values, labels, np.ones((1, len(values))))[0])
-
-
-def _weighted(kind: str, values: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The aggregate under sample multiplicities `weights` (R, n) -> (R,): bootstrap resamples as matrix products."""
-    n = len(values)
-    if kind == "class_mean":
-        classes, index = np.unique(labels, return_inverse=True)
-        onehot = np.zeros((n, len(classes)))
-        onehot[np.arange(n), index] = 1.0
-        counts = weights @ onehot
-        sums = weights @ (onehot * values[:, None])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.nanmean(np.where(counts > 0, sums / counts, np.nan), axis=1)
-    if kind == "curve":  # per-threshold box hits (n, T) or (n, T, D): accuracy at the best threshold
-        rates = (weights @ values.reshape(n, -1).astype(float) / weights.sum(1, keepdims=True))
-        rates = rates.reshape(len(weights), *values.shape[1:])
-        return rates.max(1).mean(1) if rates.ndim == 3 else rates.max(1)
-    return weights @ values / weights.sum(1)
-
-
 def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """(resamples, n) multiplicities of n samples drawn with replacement."""
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
@@ -85,7 +63,7 @@ def _bootstrap(kind: str, values: np.ndarray, labels: np.ndarray, resamples: int
                rng: np.random.Generator) -> tuple[float, float]:
     if len(values) == 0:
         return float("nan"), float("nan")
-    stats = _weighted(kind, values, labels, bootstrap_weights(len(values), resamples, rng))
+    stats = weighted_aggregate(kind, values, labels, bootstrap_weights(len(values), resamples, rng))
     lo, hi = np.nanpercentile(stats, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -126,7 +104,7 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], dataset
         for method, (values, labels, _) in data.items():
             if len(values) == 0:
                 continue
-            mean = _aggregate(kind, values, labels)
+            mean = aggregate(kind, values, labels)
             lo, hi = _bootstrap(kind, values, labels, resamples, rng)
             flagged = int(rows.loc[rows["method"] == method, "nonfinite"].astype(bool).sum())
             stats[method] = {"mean": mean, "lo": lo, "hi": hi, "n": len(values), "n_nonfinite": flagged}
@@ -166,7 +144,7 @@ def _centre_reference(rows: pd.DataFrame, dataset: str, resamples: int, seed: in
         lo, hi = _bootstrap("class_mean", values, labels, resamples, np.random.default_rng(seed))
         cells.append({"dataset": dataset, "method": CENTRE, "metric": column.replace("pointing_centre_",
                                                                                      "pointing_game_"),
-                      "direction": "higher", "aggregate": "class_mean", "mean": _aggregate("class_mean", values, labels),
+                      "direction": "higher", "aggregate": "class_mean", "mean": aggregate("class_mean", values, labels),
                       "lo": lo, "hi": hi, "n": len(values), "n_nonfinite": 0, "p_value": float("nan"),
                       "p_holm": float("nan"), "best": False, "bold": False, "rank": float("nan"), "reference": True})
     return cells

@@ -14,6 +14,7 @@ the same safe loader; the only foreign type allowed is `argparse.Namespace` (INT
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pickle
@@ -55,6 +56,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """`data` as indented JSON, written atomically (readers never see half a file)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def _umask() -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import json
 import logging
 import math
 import random
@@ -31,8 +30,9 @@ from tqdm import tqdm
 from .. import build_model
 from ..config import Config, TrainConfig
 from ..datasets import build_dataset, make_loader
+from ..metrics.accuracy import accuracy_topk
 from . import distributed as D
-from .checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_json, checkpoint_payload, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -304,13 +304,18 @@ class Trainer:
         for s in batch["skipped"]:
             self.skipped.setdefault(s.path, {"index": s.index, "path": s.path, "reason": s.reason})
 
-    def _step(self, batch) -> tuple[float, float]:
+    def _inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images (in the model's memory format), labels and, if the model takes one, the padding mask."""
         device = self.ctx.device
         images = batch["image"].to(device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = batch["label"].to(device, non_blocking=True)
         pad_mask = batch["pad_mask"].to(device) if self.takes_pad_mask and "pad_mask" in batch else None
+        return images, labels, pad_mask
+
+    def _step(self, batch) -> tuple[float, float]:
+        images, labels, pad_mask = self._inputs(batch)
         loss, logits = train_step(self.net, self.model, self.optimizer, self.scaler, images, labels,
                                   precision=self.precision, clip_grad=self.cfg.train.clip_grad,
                                   label_smoothing=self.cfg.train.label_smoothing, pad_mask=pad_mask)
@@ -326,17 +331,13 @@ class Trainer:
             self._note_skipped(batch)
             if len(batch["label"]) == 0:
                 continue
-            images = batch["image"].to(self.ctx.device)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = batch["label"].to(self.ctx.device)
-            kwargs = {"pad_mask": batch["pad_mask"].to(self.ctx.device)} if self.takes_pad_mask and "pad_mask" in batch else {}
+            images, labels, pad_mask = self._inputs(batch)
+            kwargs = {"pad_mask": pad_mask} if pad_mask is not None else {}
             with autocast(self.ctx.device, self.precision):
                 logits = self.net(images, **kwargs).float()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == labels[:, None]
-            correct1 += hits[:, 0].sum().item()
-            correct5 += hits.any(1).sum().item()
+            hits = accuracy_topk(logits, labels)
+            correct1 += hits["acc1"].sum().item()
+            correct5 += hits["acc5"].sum().item()
             count += len(labels)
         correct1, correct5, count = D.all_sum(self.ctx, [correct1, correct5, count])
         return correct1 / max(count, 1), correct5 / max(count, 1)
@@ -424,7 +425,7 @@ class Trainer:
                                         for q in self.train_set.problems + self.val_set.problems],
                    "finished": state["epoch"] >= self.cfg.train.epochs}
         if self.ctx.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_json(self.run_dir / "summary.json", summary)
             if skipped:
                 log.warning("%d unreadable file(s) were skipped; see %s", len(skipped), self.run_dir / "summary.json")
         return summary
