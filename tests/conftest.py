@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import xbench
+from xbench.checkpoints import checkpoint_payload, save_checkpoint
 from xbench.config import load_config
 from xbench.datasets import build_dataset
 from xbench.datasets.synth import SynthSettings, generate
-from xbench.train.checkpoint import checkpoint_payload, save_checkpoint
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 torch.set_num_threads(min(2, os.cpu_count() or 1))

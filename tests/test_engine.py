@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import xbench
+from xbench.checkpoints import checkpoint_payload, save_checkpoint
 from xbench.config import load_config
-from xbench.engine.evaluate import Evaluator, evaluate, evaluation_indices, parse_methods
+from xbench.engine.evaluate import Evaluator, evaluate, evaluation_indices
+from xbench.engine.methods import parse_methods
 from xbench.engine.store import ResultStore, StoreLocked, StoreMismatch, load_results
 from xbench.registry import UnknownNameError
-from xbench.train.checkpoint import checkpoint_payload, save_checkpoint
 
 from .conftest import HALF
 

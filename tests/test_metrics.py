@@ -20,11 +20,11 @@ from xbench.metrics import (
     energy_pointing_game,
     insertion_deletion,
     mass_accuracy,
-    max_box_acc,
     max_box_accuracy,
     pointing_game,
     rank_accuracy,
     sparseness,
+    summarise_box_hits,
 )
 from xbench.metrics.saliency import prepare
 
@@ -140,7 +140,7 @@ def test_max_box_accuracy_on_known_maps():
     assert hits["v1"][0, 1:].all() and not hits["v1"][0, 0]  # tau 0 boxes the whole image: IoU 256/1024
     assert not hits["v1"][1].any()  # the largest component is the far square
     assert not hits["v2"][1].any()  # the blob inside has IoU 4/256
-    scores = max_box_acc(hits["v1"].numpy(), hits["v2"].numpy())
+    scores = summarise_box_hits(hits["v1"].numpy(), hits["v2"].numpy())
     assert scores == {"max_box_acc": 0.5, "max_box_acc_v2": 0.5}
 
 

@@ -12,14 +12,8 @@ import torch
 import torchvision
 
 import xbench
+from xbench.checkpoints import CheckpointError, checkpoint_payload, load_checkpoint, save_checkpoint
 from xbench.methods.intr import KANLinear, from_detr, load_official_intr
-from xbench.train.checkpoint import (
-    CheckpointError,
-    checkpoint_payload,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
 
 TINY_INTR = {"backbone": "resnet18", "output_stride": 16, "hidden_dim": 32, "nheads": 4, "enc_layers": 1,
              "dec_layers": 2, "dim_feedforward": 64, "dropout": 0.0}
@@ -312,13 +306,13 @@ def test_cnn_loads_timm_and_torchvision_files(tmp_path, caplog):
 def test_class_count_and_family_mismatches_are_refused(tmp_path, caplog):
     trained = _save_cnn(tmp_path / "cnn.pt", num_classes=4)
     with pytest.raises(CheckpointError, match="trained for 4 classes but 6 are asked for.*--reinit-head"):
-        model_from_checkpoint(tmp_path / "cnn.pt", num_classes=6)
+        xbench.load_model(tmp_path / "cnn.pt", num_classes=6)
     with caplog.at_level(logging.INFO):
-        model, _ = model_from_checkpoint(tmp_path / "cnn.pt", num_classes=6, reinit_head=True)
+        model, _ = xbench.load_model(tmp_path / "cnn.pt", num_classes=6, reinit_head=True)
     assert model.fc.out_features == 6 and "re-initialised fc.weight, fc.bias" in caplog.text
     torch.testing.assert_close(model.layer1[0].conv1.weight, trained.layer1[0].conv1.weight, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="holds a 'cnn' model, not the 'intr' model asked for"):
-        model_from_checkpoint(tmp_path / "cnn.pt", expect="intr")
+        xbench.load_model(tmp_path / "cnn.pt", expect="intr")
     with pytest.raises(CheckpointError, match="trained for 4 classes but 5"):
         xbench.build_model("ca_stream", num_classes=5, init_from=str(tmp_path / "cnn.pt"))
     stream = xbench.build_model("ca_stream", num_classes=4, init_from=str(tmp_path / "cnn.pt"))
@@ -329,7 +323,7 @@ def test_class_count_and_family_mismatches_are_refused(tmp_path, caplog):
 def test_foreign_and_hostile_files_get_named_errors(tmp_path, official_files):
     intr_file, detr_file = official_files
     with pytest.raises(CheckpointError, match="not an xbench checkpoint \\(it looks like a detr state dict\\)"):
-        model_from_checkpoint(detr_file)
+        xbench.load_model(detr_file)
     with pytest.raises(CheckpointError, match="init_backbone_from=.* must be an xbench cnn checkpoint; it holds intr"):
         xbench.build_model("intr", num_classes=3, init_backbone_from=str(intr_file))
     bad = _save_cnn(tmp_path / "nan.pt")
@@ -337,7 +331,7 @@ def test_foreign_and_hostile_files_get_named_errors(tmp_path, official_files):
     payload["model"]["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     save_checkpoint(tmp_path / "nan.pt", payload)
     with pytest.raises(CheckpointError, match="NaN/inf values in layer2.0.conv1.weight"):
-        model_from_checkpoint(tmp_path / "nan.pt")
+        xbench.load_model(tmp_path / "nan.pt")
     assert bad is not None
     (tmp_path / "garbage.pt").write_bytes(b"\x80\x04not really a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):

@@ -16,9 +16,16 @@ from typer.testing import CliRunner
 from xbench.cli import app
 from xbench.config import load_config
 from xbench.engine.evaluate import evaluate
+from xbench.engine.explain import explain_image
 from xbench.engine.store import load_results
-from xbench.report import all_figures, build_leaderboard, full_report, leaderboard_of, write_leaderboard
-from xbench.report.explain import explain_image
+from xbench.report import (
+    all_figures,
+    build_leaderboard,
+    explanation_figure,
+    full_report,
+    leaderboard_of,
+    write_leaderboard,
+)
 from xbench.report.leaderboard import CENTRE, wide_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -153,8 +160,9 @@ def test_leaderboard_command(run):
 def test_explain_one_image(tiny_run_setup, tmp_path):
     base, _ = tiny_run_setup
     image = next((base / "data" / "images").rglob("*.png"))
-    out = explain_image("intr", image, base / "runs" / "synth" / "intr" / "best.pt", tmp_path / "intr.png", top_k=2)
-    assert len(out["top_k"]) == 2 and out["top_k"][0][0].startswith("00")
+    out = explain_image("intr", image, base / "runs" / "synth" / "intr" / "best.pt", top_k=2)
+    explanation_figure(out, tmp_path / "intr.png")
+    assert len(out.top_k) == 2 and out.top_k[0][0].startswith("00")
     assert (tmp_path / "intr.png").stat().st_size > 5000
     result = CliRunner().invoke(app, ["explain", "--method", "gradcam@ca_stream", "--image", str(image), "--checkpoint",
                                       str(base / "runs" / "synth" / "ca_stream" / "best.pt"), "--out",

@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
+import xbench
+from xbench.checkpoints import load_checkpoint
 from xbench.config import TrainConfig, load_config
 from xbench.datasets.synth import SynthSettings, generate
-from xbench.train.checkpoint import load_checkpoint, model_from_checkpoint
-from xbench.train.distributed import EpochSampler, ShardSampler
+from xbench.distributed import EpochSampler, ShardSampler
 from xbench.train.trainer import RunExistsError, Trainer, build_optimizer, lr_factor, train
 
 CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
@@ -70,8 +71,8 @@ def test_ca_stream_learns_on_the_frozen_trained_cnn(learnable, trained_cnn):
     history = _history(summary)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert summary["best_acc1"] >= 0.5
-    cnn, _ = model_from_checkpoint(f"{trained_cnn['run_dir']}/best.pt")
-    stream, _ = model_from_checkpoint(f"{summary['run_dir']}/last.pt")
+    cnn, _ = xbench.load_model(f"{trained_cnn['run_dir']}/best.pt")
+    stream, _ = xbench.load_model(f"{summary['run_dir']}/last.pt")
     for key, value in cnn.state_dict().items():  # the backbone, its BN statistics and its head did not move
         assert torch.equal(stream.state_dict()[f"backbone.{key}"], value), key
 
@@ -184,7 +185,7 @@ def test_torchrun_two_processes_on_cpu(small, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     ckpt = torch.load(tmp_path / "synth" / "cnn" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 6  # 36 images: 18 per rank, ceil(18 / 8) = 3 steps an epoch
-    model, _ = model_from_checkpoint(tmp_path / "synth" / "cnn" / "last.pt")
+    model, _ = xbench.load_model(tmp_path / "synth" / "cnn" / "last.pt")
     cfg = load_config([], small + CNN + [f"output_dir={tmp_path}/check"])
     trainer = Trainer(cfg, progress=False)
     trainer._setup()

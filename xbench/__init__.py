@@ -4,6 +4,7 @@ Public API::
 
     xbench.list_models(); xbench.list_explainers(); xbench.list_metrics()
     model = xbench.build_model("intr", num_classes=200, **overrides)
+    model, info = xbench.load_model("runs/cub/intr/best.pt", expect="intr")   # any checkpoint file
     explainer = xbench.build_explainer("gradcam", model, **overrides)
     maps = explainer(images, targets)        # (B, h, w) float, >= 0
 """
@@ -27,7 +28,7 @@ from .registry import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "build_model", "build_explainer", "list_models", "list_explainers", "list_metrics", "list_datasets",
+    "build_model", "load_model", "build_explainer", "list_models", "list_explainers", "list_metrics", "list_datasets",
     "register_model", "register_explainer", "register_metric", "register_dataset", "__version__",
 ]
 
@@ -53,6 +54,15 @@ def build_model(name: str, num_classes: int, **overrides: Any):
     entry = MODELS.get(name)
     check_builder_options(entry.factory, overrides)
     return entry.factory(num_classes=num_classes, **overrides)
+
+
+def load_model(path, *, expect: str | None = None, num_classes: int | None = None,
+               class_names: list[str] | None = None, reinit_head: bool = False):
+    """The model a checkpoint file holds (xbench or a foreign format a model family reads) and the
+    file's description of it: (nn.Module, dict). See xbench.methods.loading."""
+    from .methods.loading import load_model as load
+
+    return load(path, expect=expect, num_classes=num_classes, class_names=class_names, reinit_head=reinit_head)
 
 
 def build_explainer(name: str, model, **overrides: Any):

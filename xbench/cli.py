@@ -10,7 +10,7 @@ from typing import List
 
 import typer
 
-from .config import ConfigError, load_config
+from .config import load_config
 
 app = typer.Typer(
     help="Benchmark visual explanations: train ante-hoc models (INTR, ICN, CA-Stream) and CNNs, explain them "
@@ -33,15 +33,14 @@ def _friendly_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from .datasets.base import DatasetError
         from .engine.store import StoreLocked
         from .registry import UnknownNameError
 
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DatasetError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError,
-                StoreLocked) as exc:
-            # CheckpointError, StoreMismatch (ValueError) and RunExistsError (FileExistsError) included.
+        except (UnknownNameError, FileExistsError, FileNotFoundError, ValueError, StoreLocked) as exc:
+            # ConfigError, DatasetError, CheckpointError, StoreMismatch (ValueError) and RunExistsError
+            # (FileExistsError) included.
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
@@ -74,7 +73,7 @@ def list_cmd(kind: str = typer.Argument("all", help="models, explainers, metrics
         if kind not in ("all", name):
             continue
         typer.secho(name, bold=True)
-        entries = registry.entries()
+        entries = sorted(registry.entries(), key=lambda e: e.name)
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             extra = f"  [models: {entry.meta['models']}]" if "models" in entry.meta else ""
@@ -268,17 +267,19 @@ def explain_cmd(
     set_: List[str] | None = SetOpt,
 ) -> None:
     """Predict one image and draw the method's explanation (INTR/ICN: per-head maps of the top-k classes)."""
-    from .engine.evaluate import checkpoint_path, parse_methods
-    from .report.explain import explain_image
+    from .engine.explain import explain_image
+    from .engine.methods import checkpoint_path, parse_methods
+    from .report import explanation_figure
 
     cfg = resolve_config(config, set_, dataset=dataset)
     model = parse_methods([method])[0].model
     path = checkpoint or checkpoint_path(cfg, model)
-    result = explain_image(method, image, path, out, top_k=top_k, target=target,
+    result = explain_image(method, image, path, top_k=top_k, target=target,
                            options=cfg.evaluate.explainers.get(method.split("@")[0]))
-    for name, prob in result["top_k"]:
+    explanation_figure(result, out)
+    for name, prob in result.top_k:
         typer.echo(f"{prob:7.3f}  {name}")
-    typer.echo(f"explained {result['target']}: {result['out']}")
+    typer.echo(f"explained {result.target}: {out}")
 
 
 @app.command("quickstart")

@@ -21,8 +21,8 @@ import yaml
 from .config import Config, ConfigError, config_dir, config_from_dict, merge_layers, overrides_layer
 from .datasets.synth import ensure_generated
 from .engine.evaluate import evaluate
+from .files import atomic_write_json
 from .report import full_report
-from .train.checkpoint import atomic_write_json
 from .train.trainer import train
 
 log = logging.getLogger(__name__)

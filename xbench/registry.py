@@ -77,7 +77,9 @@ class Registry:
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
-        return [self._entries[n] for n in self.names()]
+        """Every entry in registration order (xbench's own first, then plugins)."""
+        load_builtins_and_plugins()
+        return list(self._entries.values())
 
     def __contains__(self, name: str) -> bool:
         load_builtins_and_plugins()

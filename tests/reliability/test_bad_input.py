@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import xbench
+from xbench.checkpoints import checkpoint_payload, load_checkpoint, save_checkpoint
 from xbench.cli import app
 from xbench.config import load_config
 from xbench.datasets.synth import SynthSettings, generate
@@ -23,7 +24,6 @@ from xbench.methods.baselines import content_seed
 from xbench.methods.explainer import Explainer
 from xbench.registry import EXPLAINERS, register_explainer
 from xbench.report import build_leaderboard
-from xbench.train.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from xbench.train.trainer import train
 
 from ..conftest import HALF

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
+from xbench.checkpoints import load_checkpoint
 from xbench.config import load_config
 from xbench.engine.evaluate import evaluate
 from xbench.engine.store import ResultStore, load_results
-from xbench.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.kill
 
@@ -90,7 +90,7 @@ def test_kill_9_during_training_then_resume_gives_the_uninterrupted_weights(tiny
 def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     script = (
         "import sys, torch\n"
-        "from xbench.train.checkpoint import save_checkpoint\n"
+        "from xbench.checkpoints import save_checkpoint\n"
         "path = sys.argv[1]\n"
         "save_checkpoint(path, {'version': 0, 'w': torch.zeros(10)})\n"
         "i = 1\n"

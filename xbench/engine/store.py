@@ -1,6 +1,7 @@
 """The per-sample result store of an evaluation run, ``results/<run>/``::
 
     run.json            what the rows depend on (a resumed run must match it)
+    columns.json        each metric column's direction, aggregate, scale, family (what reports read)
     config.yaml         the resolved config;  versions.json: torch, timm, grad-cam, captum, ...
     shards/00003.csv    one row per (sample, method); written last, so it marks the shard done
     shards/00003.npz    curves (insertion/deletion, box hits), aligned with the CSV's rows
@@ -9,7 +10,8 @@
     results.csv, curves.npz, maps.npz, summary.json   the merge of every shard (rank 0)
 
 Every file is written to a temporary name and renamed, so a killed run leaves no partial
-shard; `lock()` keeps a second process out of the same directory.
+shard; `lock()` keeps a second process out of the same directory. Reading a store needs only
+numpy and pandas: reports never import the models, explainers or metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..train.checkpoint import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json, atomic_write_text
 
 PACKAGES = ("xbench", "torch", "torchvision", "timm", "grad-cam", "captum", "numpy", "pandas")
 
@@ -88,8 +90,10 @@ class ResultStore:
 
     # -------------------------------------------------------------------- setup
 
-    def prepare(self, fingerprint: dict[str, Any], config_text: str, fresh: bool = False) -> None:
-        """Check or record what the rows depend on; clear temporaries of a killed run."""
+    def prepare(self, fingerprint: dict[str, Any], config_text: str, columns: dict[str, dict],
+                fresh: bool = False) -> None:
+        """Check or record what the rows depend on and how its columns are read; clear temporaries of a
+        killed run."""
         run = self.root / "run.json"
         fingerprint = json.loads(json.dumps(fingerprint))
         if run.exists() and not fresh and self.done_shards():  # only finished work needs protecting
@@ -106,7 +110,8 @@ class ResultStore:
         for tmp in self.shards.glob(".*.tmp"):
             tmp.unlink()
         atomic_write_json(run, fingerprint)
-        atomic_write(self.root / "config.yaml", lambda t: Path(t).write_text(config_text))
+        atomic_write_json(self.root / "columns.json", columns)
+        atomic_write_text(self.root / "config.yaml", config_text)
         atomic_write_json(self.root / "versions.json", versions())
 
     # -------------------------------------------------------------------- shards
@@ -149,6 +154,15 @@ class ResultStore:
         summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
         atomic_write_json(self.root / "summary.json", summary)
         return rows
+
+
+def load_columns(root: str | os.PathLike) -> dict[str, dict]:
+    """How each metric column of a run is read (recorded when the run started): column -> info."""
+    path = Path(root) / "columns.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {root} was written by an xbench that did not record its "
+                                "columns; evaluate it again with this version")
+    return json.loads(path.read_text())
 
 
 def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
-from ..train.checkpoint import CheckpointError, check_finite, load_checkpoint, state_dict_of
+from ..checkpoints import CheckpointError, check_finite, load_checkpoint, state_dict_of
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from timm.models.resnet import ResNet
 from torch import nn
 
 from ..registry import register_model
-from ..train.checkpoint import model_from_checkpoint
 from .backbones import check_input_size, default_cam_layer, min_input_size
 from .cnn import build_cnn
+from .loading import load_model
 
 
 class CrossAttentionBlock(nn.Module):
@@ -126,7 +126,8 @@ class CAStream(nn.Module):
         return self.cls_token.numel() + sum(p.numel() for p in self.blocks.parameters())
 
 
-@register_model("ca_stream", description="CNN with a cross-attention CLS stream instead of GAP (CA-Stream)")
+@register_model("ca_stream", description="CNN with a cross-attention CLS stream instead of GAP (CA-Stream)",
+                explains="class-agnostic pooling attention of the last stream block")
 def build_ca_stream(num_classes: int, backbone: str = "resnet50", init_from: str | None = None,
                     backbone_weights: str | None = None, channels: list[int] | None = None,
                     stem_width: int | None = None, heads: int = 1, freeze_backbone: bool = True,
@@ -138,7 +139,7 @@ def build_ca_stream(num_classes: int, backbone: str = "resnet50", init_from: str
     `backbone` (+ optional `backbone_weights` file).
     """
     if init_from:
-        cnn, ckpt = model_from_checkpoint(init_from, expect="cnn", num_classes=num_classes, reinit_head=reinit_head)
+        cnn, ckpt = load_model(init_from, expect="cnn", num_classes=num_classes, reinit_head=reinit_head)
         arch = {k: ckpt["model_options"].get(k) for k in ("backbone", "channels", "stem_width")}
     else:
         cnn = build_cnn(num_classes, backbone, backbone_weights, channels, stem_width)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
 from ..registry import register_model
-from ..train.checkpoint import CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
 from .backbones import (
     CLASSIFIER_PREFIXES,
     arch_kwargs,
@@ -271,10 +271,8 @@ build_icn.__signature__ = inspect.Signature(
     [p for n, p in inspect.signature(build_icn).parameters.items() if n != "intr_options"]
     + [p for n, p in inspect.signature(build_intr).parameters.items() if n != "num_classes"]
 )
-register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
-               explains="cross-attention of the class query")(build_intr)
 register_model("icn", description="ICN: INTR with a shared KAN classifier and orthogonal class queries",
-               explains="cross-attention of the class query")(build_icn)
+               explains="cross-attention of the class query", head_maps=True)(build_icn)
 
 
 # ---------------------------------------------------------------------------- converters
@@ -318,15 +316,19 @@ def from_detr(path: str | Path, num_classes: int, model: str = "intr", **options
 
 def load_official_intr(path: str | Path, num_classes: int | None = None) -> INTR:
     """An official INTR checkpoint ('model', 'args' as argparse.Namespace) as an xbench INTR."""
-    ckpt = load_checkpoint(path)
+    return read_official_intr(load_checkpoint(path), str(path), num_classes)
+
+
+def read_official_intr(ckpt: dict, source: str, num_classes: int | None = None) -> INTR:
+    """`load_official_intr` on a checkpoint already read (the `reads_foreign` converter of `intr`)."""
     state = state_dict_of(ckpt)
     family = guess_family(state)
     if family != "intr":
-        raise CheckpointError(f"{path} looks like a {family} checkpoint, not an official INTR one")
-    check_finite(state, str(path))
+        raise CheckpointError(f"{source} looks like a {family} checkpoint, not an official INTR one")
+    check_finite(state, source)
     stored = state["query_embed.weight"].shape[0]
     if num_classes is not None and num_classes != stored:
-        raise CheckpointError(f"{path} holds INTR for {stored} classes, but {num_classes} are asked for")
+        raise CheckpointError(f"{source} holds INTR for {stored} classes, but {num_classes} are asked for")
     args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}
     keys = ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "dropout")
     options = {k: args[k] for k in keys if k in args}
@@ -335,3 +337,8 @@ def load_official_intr(path: str | Path, num_classes: int | None = None) -> INTR
     model = build_intr(stored, **options)
     model.load_state_dict(state, strict=True)
     return model
+
+
+register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
+               explains="cross-attention of the class query", head_maps=True,
+               reads_foreign=read_official_intr)(build_intr)

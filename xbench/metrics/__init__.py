@@ -33,19 +33,19 @@ from .localisation import (
     class_mean,
     energy_pointing_game,
     mass_accuracy,
-    max_box_acc,
     max_box_accuracy,
     pointing_game,
     rank_accuracy,
+    summarise_box_hits,
 )
 from .perturbation import PROTOCOLS, insertion_deletion, protocol_step
 from .sanity import parameter_randomisation, randomised_copy
 
 __all__ = [
     "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
-    "energy_pointing_game", "mass_accuracy", "rank_accuracy", "max_box_accuracy", "max_box_acc", "boxes_to_mask",
+    "energy_pointing_game", "mass_accuracy", "rank_accuracy", "max_box_accuracy", "summarise_box_hits", "boxes_to_mask",
     "sparseness", "complexity", "parameter_randomisation", "randomised_copy", "class_mean", "MetricInput",
-    "MetricOutput", "column_info", "PROTOCOLS", "protocol_step", "REGIONS",
+    "MetricOutput", "column", "column_table", "PROTOCOLS", "protocol_step", "REGIONS",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -77,25 +77,38 @@ class MetricOutput:
     curves: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, ...)
 
 
-@register_metric("insertion_deletion", description="insertion (up) and deletion (down) AUCs, RISE-style",
-                 columns={"insertion": ("higher", "mean"), "deletion": ("lower", "mean")})
+def column(direction: str, aggregate: str = "mean", *, percent: bool = True, curve: str | None = None,
+           reference_for: str | None = None) -> dict:
+    """How a result column is read: `direction` higher/lower is better; `aggregate` mean, class_mean
+    or curve (reduced from the stored curve `curve`); `percent` tables show it x100;
+    `reference_for` marks a baseline column shown as a reference row of that column."""
+    return {"direction": direction, "aggregate": aggregate, "percent": percent, "curve": curve,
+            "reference_for": reference_for}
+
+
+@register_metric("insertion_deletion", family="faithfulness",
+                 description="insertion (up) and deletion (down) AUCs, RISE-style",
+                 columns={"insertion": column("higher"), "deletion": column("lower")})
 def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
     r = insertion_deletion(inp.model, inp.images, inp.maps, inp.targets, step=inp.step, batch_size=inp.chunk)
     return MetricOutput({"insertion": r["insertion"], "deletion": r["deletion"]},
                         {"insertion_curve": r["insertion_curve"], "deletion_curve": r["deletion_curve"]})
 
 
-@register_metric("average_drop_gain", description="average drop (down), increase and gain (up), raw-pixel masking",
-                 columns={"drop": ("lower", "mean"), "increase": ("higher", "mean"), "gain": ("higher", "mean")})
+@register_metric("average_drop_gain", family="faithfulness",
+                 description="average drop (down), increase and gain (up), raw-pixel masking",
+                 columns={"drop": column("lower"), "increase": column("higher"), "gain": column("higher")})
 def score_average_drop_gain(inp: MetricInput) -> MetricOutput:
     r = average_drop_gain(inp.model, inp.images, inp.maps, inp.targets, inp.mean, inp.std, original=inp.original,
                           batch_size=inp.chunk)
     return MetricOutput({"drop": r["drop"], "increase": r["increase"].float(), "gain": r["gain"]})
 
 
-@register_metric("pointing_game", description="argmax within 15 px of the region (per-class mean); centre baseline",
-                 columns={"pointing_game_{region}": ("higher", "class_mean"),
-                          "pointing_centre_{region}": ("higher", "class_mean")})
+@register_metric("pointing_game", family="localisation",
+                 description="argmax within 15 px of the region (per-class mean); centre baseline",
+                 columns={"pointing_game_{region}": column("higher", "class_mean"),
+                          "pointing_centre_{region}": column("higher", "class_mean",
+                                                             reference_for="pointing_game_{region}")})
 def score_pointing_game(inp: MetricInput) -> MetricOutput:
     values = {}
     for name, region in inp.regions.items():
@@ -104,30 +117,35 @@ def score_pointing_game(inp: MetricInput) -> MetricOutput:
     return MetricOutput(values)
 
 
-@register_metric("energy_pointing_game", description="share of saliency inside the box (Score-CAM)",
-                 columns={"energy_pointing_game_box": ("higher", "mean")})
+@register_metric("energy_pointing_game", family="localisation",
+                 description="share of saliency inside the box (Score-CAM)",
+                 columns={"energy_pointing_game_box": column("higher")})
 def score_energy_pointing_game(inp: MetricInput) -> MetricOutput:
     if "box" not in inp.regions:
         return MetricOutput()
     return MetricOutput({"energy_pointing_game_box": energy_pointing_game(inp.maps, inp.regions["box"])})
 
 
-@register_metric("mass_accuracy", description="share of saliency inside the object / discriminative-part mask",
-                 columns={"mass_accuracy_{region}": ("higher", "mean")})
+@register_metric("mass_accuracy", family="localisation",
+                 description="share of saliency inside the object / discriminative-part mask",
+                 columns={"mass_accuracy_{region}": column("higher")})
 def score_mass_accuracy(inp: MetricInput) -> MetricOutput:
     return MetricOutput({f"mass_accuracy_{n}": mass_accuracy(inp.maps, r) for n, r in inp.regions.items()
                          if n != "box"})
 
 
-@register_metric("rank_accuracy", description="share of the K most salient pixels inside the mask (K = its area)",
-                 columns={"rank_accuracy_{region}": ("higher", "mean")})
+@register_metric("rank_accuracy", family="localisation",
+                 description="share of the K most salient pixels inside the mask (K = its area)",
+                 columns={"rank_accuracy_{region}": column("higher")})
 def score_rank_accuracy(inp: MetricInput) -> MetricOutput:
     return MetricOutput({f"rank_accuracy_{n}": rank_accuracy(inp.maps, r) for n, r in inp.regions.items()
                          if n != "box"})
 
 
-@register_metric("max_box_accuracy", description="MaxBoxAcc (delta 0.5) and MaxBoxAccV2 (delta 0.3/0.5/0.7)",
-                 columns={"max_box_acc": ("higher", "curve"), "max_box_acc_v2": ("higher", "curve")})
+@register_metric("max_box_accuracy", family="localisation",
+                 description="MaxBoxAcc (delta 0.5) and MaxBoxAccV2 (delta 0.3/0.5/0.7)",
+                 columns={"max_box_acc": column("higher", "curve", curve="box_hits_v1"),
+                          "max_box_acc_v2": column("higher", "curve", curve="box_hits_v2")})
 def score_max_box_accuracy(inp: MetricInput) -> MetricOutput:
     if inp.boxes is None:
         return MetricOutput()
@@ -135,32 +153,42 @@ def score_max_box_accuracy(inp: MetricInput) -> MetricOutput:
     return MetricOutput(curves={"box_hits_v1": hits["v1"], "box_hits_v2": hits["v2"]})
 
 
-@register_metric("sparseness", description="Gini index of the map (up: sparser)",
-                 columns={"sparseness": ("higher", "mean")})
+@register_metric("sparseness", family="complexity", description="Gini index of the map (up: sparser)",
+                 columns={"sparseness": column("higher")})
 def score_sparseness(inp: MetricInput) -> MetricOutput:
     return MetricOutput({"sparseness": sparseness(inp.maps)})
 
 
-@register_metric("complexity", description="entropy of the map as a distribution (down: simpler)",
-                 columns={"complexity": ("lower", "mean")})
+@register_metric("complexity", family="complexity",
+                 description="entropy of the map as a distribution (down: simpler)",
+                 columns={"complexity": column("lower", percent=False)})
 def score_complexity(inp: MetricInput) -> MetricOutput:
     return MetricOutput({"complexity": complexity(inp.maps)})
 
 
-@register_metric("parameter_randomisation", opt_in=True,
+@register_metric("parameter_randomisation", family="sanity", opt_in=True,
                  description="Spearman between maps of the trained and top-layer-randomised model (down; opt-in)",
-                 columns={"randomisation_spearman": ("lower", "mean")})
+                 columns={"randomisation_spearman": column("lower", percent=False)})
 def score_parameter_randomisation(inp: MetricInput) -> MetricOutput:
     if inp.randomised_maps is None:
         return MetricOutput()
     return MetricOutput({"randomisation_spearman": parameter_randomisation(inp.maps, inp.randomised_maps())})
 
 
-def column_info(column: str) -> tuple[str, str] | None:
-    """(direction 'higher'/'lower', aggregate 'mean'/'class_mean'/'curve') of a result column."""
-    for entry in METRICS.entries():
+def column_table(metrics: list[str] | None = None) -> dict[str, dict]:
+    """Every result column of `metrics` (default: all registered), in table order, with how it is
+    read (see `column`) plus its metric and family. The store records this when a run starts, so
+    reports never need the registry."""
+    for name in metrics or []:
+        METRICS.get(name)  # unknown names raise with the known ones
+    entries = [e for e in METRICS.entries() if metrics is None or e.name in metrics]
+    table = {}
+    for entry in entries:
         for template, info in entry.meta.get("columns", {}).items():
-            names = [template.format(region=r) for r in REGIONS] if "{region}" in template else [template]
-            if column in names:
-                return info
-    return None
+            regions = REGIONS if "{region}" in template else [None]
+            for region in regions:
+                name = template.format(region=region) if region else template
+                reference = info["reference_for"]
+                table[name] = {**info, "reference_for": reference.format(region=region) if reference else None,
+                               "metric": entry.name, "family": entry.meta.get("family", "other")}
+    return table

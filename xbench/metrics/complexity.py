@@ -1,6 +1,6 @@
 """Complexity of a map: sparseness (Gini index) and entropy, per image.
 
-Both use the map upsampled to `size` (default: as given) and min-max normalised.
+Both use the map upsampled to `size` (default: as given) and min-max scaled.
 - `sparseness`: Gini index of the pixel values, in [0, 1]; higher is sparser (Chalasani 2020).
 - `complexity`: entropy of the map normalised to sum 1, in [0, log(H*W)]; lower is simpler
   (Bhatt 2020). An all-zero map counts as uniform: Gini 0, entropy log(H*W).
@@ -12,12 +12,12 @@ import math
 
 import torch
 
-from .saliency import normalised
+from .saliency import rescale_maps
 
 
 def sparseness(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(B,) Gini index of each map."""
-    maps = normalised(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
+    maps = rescale_maps(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
     n = maps.shape[1]
     sorted_values = maps.sort(1).values
     i = torch.arange(1, n + 1, device=maps.device, dtype=maps.dtype)
@@ -28,7 +28,7 @@ def sparseness(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> t
 
 def complexity(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(B,) entropy of each map as a distribution over pixels."""
-    maps = normalised(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
+    maps = rescale_maps(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
     total = maps.sum(1, keepdim=True)
     p = maps / total.clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(1)

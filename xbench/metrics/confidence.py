@@ -1,7 +1,7 @@
 """Average Drop / Increase / Gain (Grad-CAM++ 2018; Opti-CAM 2024), per image.
 
 The masked image is built in raw pixel space: de-normalise, multiply by the saliency (upsampled,
-min-max normalised), re-normalise. With p the target's probability on the image and o on the
+min-max scaled), re-normalise. With p the target's probability on the image and o on the
 masked image: drop = max(0, p - o) / p, increase = o > p, gain = max(0, o - p) / (1 - p).
 Tables show mean x 100 (AD lower is better; AI and AG higher). AG exists because a nearly
 uniform map scores well on AD and AI: report AD and AG together.
@@ -14,7 +14,7 @@ from torch import nn
 
 from ..datasets.transforms import denormalise, normalise
 from .forward import as_targets, chunk_size, target_probabilities
-from .saliency import normalised
+from .saliency import rescale_maps
 
 
 def average_drop_gain(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
@@ -26,7 +26,7 @@ def average_drop_gain(model: nn.Module, images: torch.Tensor, saliency: torch.Te
     """
     b, _, h, w = images.shape
     targets = as_targets(targets, images)
-    maps = normalised(saliency, (h, w))
+    maps = rescale_maps(saliency, (h, w))
     masked = normalise(denormalise(images, mean, std) * maps[:, None], mean, std)
     chunk = batch_size or chunk_size(model, images[0], memory_budget_mb)
     o = target_probabilities(model, lambda s, e: (masked[s:e], targets[s:e]), b, chunk)

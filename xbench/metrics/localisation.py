@@ -1,6 +1,6 @@
 """Localisation against ground-truth regions: boxes, object masks, discriminative-part masks.
 
-All functions take saliency (B, h, w) (upsampled to the region size and min-max normalised
+All functions take saliency (B, h, w) (upsampled to the region size and min-max scaled
 here) and return per-sample values; dataset-level numbers are aggregates of those:
 - `pointing_game`: the map's argmax (first on ties) within `tolerance` px of a region pixel
   (Zhang et al. 2016); report the mean over classes of per-class hit rates (`class_mean`).
@@ -9,7 +9,7 @@ here) and return per-sample values; dataset-level numbers are aggregates of thos
 - `rank_accuracy`: share of the top-K pixels (K = region area) inside the region.
 - `max_box_accuracy`: per threshold tau, binarise s >= tau, box the largest 8-connected
   component (v1) or every component (v2), and test IoU >= delta with a ground-truth box
-  (Choe et al. CVPR 2020). `max_box_acc` turns the per-sample hits into MaxBoxAcc (delta 0.5)
+  (Choe et al. CVPR 2020). `summarise_box_hits` turns the per-sample hits into MaxBoxAcc (delta 0.5)
   and MaxBoxAccV2 (mean over delta 0.3, 0.5, 0.7 of the best threshold).
 """
 
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import torch
 
-from .aggregate import aggregate
-from .saliency import descending_order, normalised
+from ..aggregate import aggregate
+from .saliency import descending_order, rescale_maps
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)
 IOU_DELTAS = (0.3, 0.5, 0.7)
@@ -46,7 +46,7 @@ def pointing_game(saliency: torch.Tensor, region: torch.Tensor, tolerance: float
     """(B,) bool: the map's maximum lies within `tolerance` px of the region."""
     region = _region(region)
     b, h, w = region.shape
-    point = normalised(saliency, (h, w)).flatten(1).argmax(1)
+    point = rescale_maps(saliency, (h, w)).flatten(1).argmax(1)
     return _near(point // w, point % w, region, tolerance)
 
 
@@ -70,7 +70,7 @@ def _near(row: torch.Tensor, col: torch.Tensor, region: torch.Tensor, tolerance:
 def mass_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """(B,) share of saliency inside the region (0 for an all-zero map)."""
     region = _region(region)
-    maps = normalised(saliency, tuple(region.shape[-2:]))
+    maps = rescale_maps(saliency, tuple(region.shape[-2:]))
     total = maps.flatten(1).sum(1)
     inside = (maps * region).flatten(1).sum(1)
     return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
@@ -87,7 +87,7 @@ def rank_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """(B,) share of the K most salient pixels inside the region, K = region area (NaN if empty)."""
     region = _region(region)
     b, h, w = region.shape
-    order = descending_order(normalised(saliency, (h, w)))
+    order = descending_order(rescale_maps(saliency, (h, w)))
     k = region.flatten(1).sum(1)
     hits = torch.gather(region.flatten(1), 1, order)
     within = torch.arange(h * w, device=region.device)[None, :] < k[:, None]
@@ -113,7 +113,7 @@ def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
     boxes (B, K, 4) xyxy in image pixels, NaN rows for padding; saliency is upsampled to the
     image size given by the boxes' frame, i.e. the saliency's own size when it is already there.
     """
-    maps = normalised(saliency, tuple(saliency.shape[-2:])).cpu().numpy()
+    maps = rescale_maps(saliency, tuple(saliency.shape[-2:])).cpu().numpy()
     gts_all = boxes.detach().cpu().numpy()
     b = maps.shape[0]
     v1 = np.zeros((b, len(thresholds)), bool)
@@ -134,7 +134,7 @@ def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
     return {"v1": torch.from_numpy(v1), "v2": torch.from_numpy(v2)}
 
 
-def max_box_acc(v1: np.ndarray, v2: np.ndarray) -> dict[str, float]:
+def summarise_box_hits(v1: np.ndarray, v2: np.ndarray) -> dict[str, float]:
     """Dataset-level MaxBoxAcc (v1 hits (N, T)) and MaxBoxAccV2 (v2 hits (N, T, D)), in [0, 1]."""
     return {"max_box_acc": aggregate("curve", v1), "max_box_acc_v2": aggregate("curve", v2)}
 

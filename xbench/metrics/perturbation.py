@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .forward import as_targets, chunk_size, target_probabilities
-from .saliency import descending_order, normalised
+from .saliency import descending_order, rescale_maps
 
 PROTOCOLS = {
     "ca_stream": {"rows_per_step": 8, "target": "gt"},
@@ -56,7 +56,7 @@ def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.T
                        memory_budget_mb: float = 1024) -> dict[str, torch.Tensor]:
     """Per-image insertion and deletion.
 
-    images (B, 3, H, W) normalised; saliency (B, h, w) (upsampled and min-max normalised here);
+    images (B, 3, H, W) normalised; saliency (B, h, w) (upsampled and min-max scaled here);
     targets (B,) the class scored; step pixels per step (default 8 * W, the CA-Stream protocol);
     batch_size images per forward pass (default: derived from `memory_budget_mb`).
     Returns insertion, deletion (B,) AUCs and insertion_curve, deletion_curve (B, n+1).
@@ -66,7 +66,7 @@ def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     step = step or 8 * w
     n = math.ceil(h * w / step)
     rank = torch.empty(b, h * w, dtype=torch.long, device=images.device)
-    rank.scatter_(1, descending_order(normalised(saliency, (h, w))),
+    rank.scatter_(1, descending_order(rescale_maps(saliency, (h, w))),
                   torch.arange(h * w, device=images.device).expand(b, -1))
     blurred = gaussian_blur(images, *blur)
     per_image = n + 1

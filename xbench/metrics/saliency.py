@@ -1,7 +1,7 @@
 """The conventions every metric applies to an explanation before scoring it.
 
 A map (B, h, w) is upsampled to the image size (bilinear, align_corners=False) and min-max
-normalised per image to [0, 1]. A constant map is *degenerate* (it becomes all zeros; metrics
+scaled per image to [0, 1]. A constant map is *degenerate* (it becomes all zeros; metrics
 still run, ties broken by pixel index). A map holding NaN or inf is *non-finite*: metrics run on
 zeros in its place so the batch goes on, and every metric of that row is reported as NaN.
 """
@@ -46,7 +46,7 @@ def prepare(saliency: torch.Tensor, size: tuple[int, int]) -> PreparedMaps:
     return PreparedMaps(maps.view(-1, *size), (span <= 0) & ~nonfinite, nonfinite)
 
 
-def normalised(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def rescale_maps(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Just the prepared maps (B, H, W) in [0, 1]; NaN/inf maps become zeros."""
     return prepare(saliency, size).maps
 

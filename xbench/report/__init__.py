@@ -1,16 +1,27 @@
-"""Reports from a results store: leaderboards, figures and the HTML page (no recomputation)."""
+"""Reports from a results store: leaderboards, figures and the HTML page (no recomputation).
+
+Reports read only the store (rows, curves, maps and each column's description), so they never
+import the models, explainers or metrics. Figures (matplotlib, seaborn) load on first use.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from ..engine.store import load_results
-from .figures import all_figures
-from .html import write_report
+from ..engine.store import load_columns, load_results
 from .leaderboard import Leaderboard, build_leaderboard, combine, to_markdown, write_leaderboard
 
 __all__ = ["Leaderboard", "build_leaderboard", "combine", "write_leaderboard", "to_markdown", "all_figures",
-           "write_report", "leaderboard_of", "full_report"]
+           "explanation_figure", "write_report", "leaderboard_of", "full_report"]
+
+_LAZY = {"all_figures": ".figures", "explanation_figure": ".figures", "write_report": ".html"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def leaderboard_of(run_dirs: list[str | Path], seed: int = 0) -> Leaderboard:
@@ -18,12 +29,15 @@ def leaderboard_of(run_dirs: list[str | Path], seed: int = 0) -> Leaderboard:
     boards = []
     for run in run_dirs:
         rows, curves = load_results(run)
-        boards.append(build_leaderboard(rows, curves, seed=seed))
+        boards.append(build_leaderboard(rows, curves, load_columns(run), seed=seed))
     return boards[0] if len(boards) == 1 else combine(boards)
 
 
 def full_report(run_dir: str | Path, formats=("md", "csv", "tex", "html")) -> dict:
     """Leaderboard files, every figure and report.html for one run; returns what was written."""
+    from .figures import all_figures
+    from .html import write_report
+
     run_dir = Path(run_dir)
     board = leaderboard_of([run_dir])
     tables = write_leaderboard(board, run_dir, formats)

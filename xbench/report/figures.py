@@ -8,6 +8,7 @@ curves come from curves.npz, maps and images from maps.npz, numbers from the lea
   saliency overlaid, ground-truth box drawn.
 - `intr_heads_figure`: an image's per-head cross-attention for the true class and the top-k
   predicted classes (as the INTR paper shows).
+- `explanation_figure`: what `xbench explain` computed for one image.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .leaderboard import ARROW, Leaderboard, _scale, bootstrap_weights  # noqa: E402
+from .leaderboard import ARROW, Leaderboard, bootstrap_weights  # noqa: E402
 
 SINGLE, DOUBLE = 3.3, 6.9  # column widths in inches (two-column paper)
 BASELINES = ("random", "centre", "uniform")
@@ -83,7 +84,7 @@ def dotplot_figure(board: Leaderboard, out_dir: Path) -> list[Path]:
     methods = board.methods()
     for ax, metric in zip(axes.flat, metrics):
         cells = board.cells[board.cells["metric"] == metric].set_index("method").reindex(methods)
-        k = _scale(metric)
+        k = float(cells["scale"].dropna().iloc[0])
         y = np.arange(len(methods))
         ax.errorbar(k * cells["mean"], y, xerr=[k * (cells["mean"] - cells["lo"]), k * (cells["hi"] - cells["mean"])],
                     fmt="none", ecolor="0.5", lw=0.8)
@@ -206,15 +207,55 @@ def intr_heads_figure(maps: dict, out_dir: Path, model: str = "intr", sample: in
     return _save(fig, out_dir, f"{model}_heads")
 
 
+def explanation_figure(explanation, out: str | Path) -> Path:
+    """Draw an `xbench.engine.explain.Explanation`: the image, the method's map, the top-k classes and,
+    for models with per-head attention, each head's map for every top-k class. Returns `out`."""
+    _style()
+    image, saliency, top, heads = explanation.image, explanation.saliency, explanation.top_k, explanation.heads
+    target_name, label, out = explanation.target, explanation.method, Path(out)
+    n_heads = heads.shape[1] if heads is not None else 0
+    rows = 1 + (heads.shape[0] if heads is not None else 0)
+    cols = max(3, n_heads + 1)
+    fig = plt.figure(figsize=(DOUBLE, DOUBLE / cols * rows * 1.15 + 0.3))
+    grid = fig.add_gridspec(rows, cols)
+    ax = fig.add_subplot(grid[0, 0])
+    _overlay(ax, image, None)
+    ax.set_title("image", fontsize=7)
+    ax = fig.add_subplot(grid[0, 1])
+    _overlay(ax, image, saliency)
+    ax.set_title(f"{label}\n{target_name[:24]}", fontsize=6)
+    ax = fig.add_subplot(grid[0, 2:])
+    ax.barh(np.arange(len(top)), [p for _, p in top], color="C0", alpha=0.35)
+    for i, (name, prob) in enumerate(top):  # names on the bars: long class names need the width
+        ax.text(0.01, i, f"{name} ({prob:.2f})", va="center", fontsize=5)
+    ax.set_yticks([])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability", fontsize=6)
+    ax.tick_params(axis="x", labelsize=6)
+    for r in range(1, rows):
+        for c in range(n_heads + 1):
+            ax = fig.add_subplot(grid[r, c])
+            attention = heads[r - 1, c] if c < n_heads else heads[r - 1].mean(0)
+            _overlay(ax, image, attention)
+            if r == 1:
+                ax.set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
+            if c == 0:
+                ax.set_ylabel(f"top-{r}: {top[r - 1][0][:14]}", fontsize=5)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight", dpi=200)
+    plt.close(fig)
+    return out
+
+
 def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: str | Path | None = None) -> list[Path]:
     """Every figure of a run into `out_dir` (default <run>/figures)."""
-    from ..engine.store import load_results
-    from .leaderboard import build_leaderboard
+    from . import leaderboard_of, load_results
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "figures"
     rows, curves = load_results(run_dir)
-    board = board or build_leaderboard(rows, curves)
+    board = board or leaderboard_of([run_dir])
     summary = json.loads((run_dir / "summary.json").read_text())
     with np.load(run_dir / "maps.npz") as data:
         maps = {k: data[k] for k in data.files}
@@ -222,6 +263,6 @@ def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: 
     paths = curves_figure(rows, curves, out) + dotplot_figure(board, out) + rank_heatmap(board, out)
     if _samples(maps):
         paths += qualitative_grid(maps, methods, out)
-        for model in ("intr", "icn"):
+        for model in dict.fromkeys(k.split("|")[1] for k in maps if k.startswith("heads|")):
             paths += intr_heads_figure(maps, out, model, class_names=summary.get("classes"))
     return paths

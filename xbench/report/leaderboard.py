@@ -17,13 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import wilcoxon
 
-from ..metrics import column_info
-from ..metrics.aggregate import aggregate, weighted_aggregate
+from ..aggregate import aggregate, weighted_aggregate
 
-NOT_PERCENT = {"complexity", "randomisation_spearman"}
-CURVE_COLUMNS = {"max_box_acc": "box_hits_v1", "max_box_acc_v2": "box_hits_v2"}
 ARROW = {"higher": "↑", "lower": "↓"}
 CENTRE = "centre point (reference)"  # the pointing-game baseline row
 
@@ -44,14 +40,22 @@ class Leaderboard:
         return list(dict.fromkeys(cells["method"]))
 
 
-def metric_columns(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> list[str]:
-    """Result columns with a known direction, plus MaxBoxAcc when box hits were stored, in table order."""
-    columns = [c for c in rows.columns if column_info(c) and rows[c].notna().any()
-               and not c.startswith("pointing_centre_")]
-    columns += [c for c, key in CURVE_COLUMNS.items() if key in curves]
-    order = ("insertion", "deletion", "drop", "increase", "gain", "pointing_game", "energy", "mass", "rank",
-             "max_box", "sparseness", "complexity", "randomisation")
-    return sorted(columns, key=lambda c: next((i for i, p in enumerate(order) if c.startswith(p)), len(order)))
+def metric_columns(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns: dict[str, dict]) -> list[str]:
+    """The scored columns of `columns` (in its order) that this run holds: values in the rows, or the
+    stored curve a `curve` column is reduced from. Reference columns (baselines) are not among them."""
+    def present(name: str, info: dict) -> bool:
+        if info["curve"]:
+            return info["curve"] in curves
+        return name in rows.columns and bool(rows[name].notna().any())
+
+    return [c for c, info in columns.items() if not info.get("reference_for") and present(c, info)]
+
+
+def registered_columns() -> dict[str, dict]:
+    """Column information from the metric registry, for rows that do not come from a store."""
+    from ..metrics import column_table
+
+    return column_table()
 
 
 def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,11 +63,29 @@ def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.nd
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
 
 
-def _bootstrap(kind: str, values: np.ndarray, labels: np.ndarray, resamples: int,
-               rng: np.random.Generator) -> tuple[float, float]:
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    stats = weighted_aggregate(kind, values, labels, bootstrap_weights(len(values), resamples, rng))
+class Resamples:
+    """Bootstrap multiplicities drawn from `seed`: each column draws, method after method, from a
+    generator seeded afresh. A column whose sample counts repeat an earlier column's gets that
+    column's draws back instead of redrawing them (the same numbers, drawn once)."""
+
+    def __init__(self, seed: int, resamples: int):
+        self.seed, self.resamples = seed, resamples
+        self._drawn: dict[tuple[int, ...], tuple[np.ndarray, dict]] = {}  # counts -> (weights, state after)
+
+    def draw(self, counts: tuple[int, ...]) -> np.ndarray:
+        """(resamples, counts[-1]) weights of the last of the draws of sizes `counts` made in order."""
+        if counts not in self._drawn:
+            rng = np.random.default_rng(self.seed)
+            if len(counts) > 1:
+                self.draw(counts[:-1])
+                rng.bit_generator.state = self._drawn[counts[:-1]][1]
+            self._drawn[counts] = bootstrap_weights(counts[-1], self.resamples, rng), rng.bit_generator.state
+        return self._drawn[counts][0]
+
+
+def _interval(kind: str, values: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of the aggregate under bootstrap `weights`."""
+    stats = weighted_aggregate(kind, values, labels, weights)
     lo, hi = np.nanpercentile(stats, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -77,11 +99,10 @@ def _holm(pvalues: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
-def _per_method(rows: pd.DataFrame, curves: dict[str, np.ndarray], method: str, column: str):
-    """(values, labels, sample indices) of `method` for `column`, finite rows only."""
-    mine = rows[rows["method"] == method]
-    if column in CURVE_COLUMNS:
-        key = CURVE_COLUMNS[column]
+def _per_method(rows: pd.DataFrame, mine: pd.DataFrame, curves: dict[str, np.ndarray], column: str, info: dict):
+    """(values, labels, sample indices) of one method's rows `mine` for `column`, finite rows only."""
+    if info["curve"]:
+        key = info["curve"]
         where = np.isin(curves[f"{key}.row"], mine.index.to_numpy())
         positions = curves[f"{key}.row"][where]
         return curves[key][where], rows.loc[positions, "label"].to_numpy(), rows.loc[positions, "index"].to_numpy()
@@ -89,23 +110,28 @@ def _per_method(rows: pd.DataFrame, curves: dict[str, np.ndarray], method: str, 
     return mine.loc[ok, column].to_numpy(float), mine.loc[ok, "label"].to_numpy(), mine.loc[ok, "index"].to_numpy()
 
 
-def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], dataset: str | None = None,
-                      resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> Leaderboard:
-    """The leaderboard of one run's rows and curves (see module docstring)."""
+def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns: dict[str, dict] | None = None,
+                      dataset: str | None = None, resamples: int = 1000, seed: int = 0,
+                      alpha: float = 0.05) -> Leaderboard:
+    """The leaderboard of one run's rows and curves (see module docstring). `columns` says how each
+    metric column is read (a store's columns.json); by default the metric registry says."""
+    columns = columns if columns is not None else registered_columns()
     rows = rows.reset_index(drop=True)
     dataset = dataset or (str(rows["dataset"].iloc[0]) if len(rows) else "")
-    methods = list(dict.fromkeys(rows["method"]))
+    by_method = dict(tuple(rows.groupby("method", sort=False)))
+    draws = Resamples(seed, resamples)
     cells = []
-    for column in metric_columns(rows, curves):
-        direction, kind = column_info(column)
-        rng = np.random.default_rng(seed)
-        data = {m: _per_method(rows, curves, m, column) for m in methods}
-        stats = {}
+    for column in metric_columns(rows, curves, columns):
+        info = columns[column]
+        direction, kind = info["direction"], info["aggregate"]
+        data = {m: _per_method(rows, mine, curves, column, info) for m, mine in by_method.items()}
+        stats, counts = {}, ()
         for method, (values, labels, _) in data.items():
             if len(values) == 0:
                 continue
+            counts += (len(values),)
             mean = aggregate(kind, values, labels)
-            lo, hi = _bootstrap(kind, values, labels, resamples, rng)
+            lo, hi = _interval(kind, values, labels, draws.draw(counts))
             flagged = int(rows.loc[rows["method"] == method, "nonfinite"].astype(bool).sum())
             stats[method] = {"mean": mean, "lo": lo, "hi": hi, "n": len(values), "n_nonfinite": flagged}
         if not stats:
@@ -123,28 +149,33 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], dataset
             p = adjusted.get(method, 1.0 if method == best else 0.0)
             bold = method == best or (kind != "curve" and p >= alpha)
             cells.append({"dataset": dataset, "method": method, "metric": column, "direction": direction,
-                          "aggregate": kind, **s, "p_value": pvalues.get(method, float("nan")), "p_holm": p,
+                          "aggregate": kind, "family": info["family"], "scale": _scale(info), **s,
+                          "p_value": pvalues.get(method, float("nan")), "p_holm": p,
                           "best": method == best, "bold": bold, "rank": order.index(method) + 1,
                           "reference": False})
-    cells += _centre_reference(rows, dataset, resamples, seed)
+    cells += _references(rows, columns, dataset, draws)
     accuracy = (rows.groupby(["model", "method"], sort=False)[["acc1", "acc5"]].mean().reset_index()
                 if len(rows) else pd.DataFrame(columns=["model", "method", "acc1", "acc5"]))
     accuracy.insert(0, "dataset", dataset)
     return Leaderboard(pd.DataFrame(cells), accuracy)
 
 
-def _centre_reference(rows: pd.DataFrame, dataset: str, resamples: int, seed: int) -> list[dict]:
-    """The pointing game of a map peaking at the image centre, once per sample, as a reference row."""
+def _references(rows: pd.DataFrame, columns: dict[str, dict], dataset: str, draws: Resamples) -> list[dict]:
+    """Baseline columns (the pointing game of a map peaking at the image centre), once per sample, as a
+    reference row of the column they are a baseline for."""
     cells = []
-    for column in (c for c in rows.columns if c.startswith("pointing_centre_")):
+    for column, info in columns.items():
+        if not info.get("reference_for") or column not in rows.columns:
+            continue
         samples = rows.dropna(subset=[column]).drop_duplicates("index")
         values, labels = samples[column].to_numpy(float), samples["label"].to_numpy()
         if not len(values):
             continue
-        lo, hi = _bootstrap("class_mean", values, labels, resamples, np.random.default_rng(seed))
-        cells.append({"dataset": dataset, "method": CENTRE, "metric": column.replace("pointing_centre_",
-                                                                                     "pointing_game_"),
-                      "direction": "higher", "aggregate": "class_mean", "mean": aggregate("class_mean", values, labels),
+        kind = info["aggregate"]
+        lo, hi = _interval(kind, values, labels, draws.draw((len(values),)))
+        cells.append({"dataset": dataset, "method": CENTRE, "metric": info["reference_for"],
+                      "direction": info["direction"], "aggregate": kind, "family": info["family"],
+                      "scale": _scale(info), "mean": aggregate(kind, values, labels),
                       "lo": lo, "hi": hi, "n": len(values), "n_nonfinite": 0, "p_value": float("nan"),
                       "p_holm": float("nan"), "best": False, "bold": False, "rank": float("nan"), "reference": True})
     return cells
@@ -152,18 +183,18 @@ def _centre_reference(rows: pd.DataFrame, dataset: str, resamples: int, seed: in
 
 def _paired_p(best: tuple, other: tuple) -> float:
     """Wilcoxon signed-rank p-value on the samples both methods scored (1.0 if they never differ)."""
-    b = pd.Series(best[0], index=best[2])
-    o = pd.Series(other[0], index=other[2])
-    common = b.index.intersection(o.index)
-    diff = b.loc[common].to_numpy() - o.loc[common].to_numpy()
-    if len(common) == 0 or np.all(diff == 0):
+    common, in_best, in_other = np.intersect1d(best[2], other[2], assume_unique=True, return_indices=True)
+    b, o = best[0][in_best], other[0][in_other]
+    if len(common) == 0 or np.all(b == o):
         return 1.0
     # Exact null distribution for small samples, the normal approximation beyond (scipy's threshold);
     # scipy's default would run a slow permutation test whenever small samples have ties.
     method = "exact" if len(common) <= 50 else "approx"
+    from scipy.stats import wilcoxon  # scipy.stats takes most of a second to import: only when testing
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "exact p-value with ties" is expected here
-        return float(wilcoxon(b.loc[common], o.loc[common], zero_method="zsplit", method=method).pvalue)
+        return float(wilcoxon(b, o, zero_method="zsplit", method=method).pvalue)
 
 
 def combine(boards: list[Leaderboard]) -> Leaderboard:
@@ -174,8 +205,9 @@ def combine(boards: list[Leaderboard]) -> Leaderboard:
 # ---------------------------------------------------------------------------- rendering
 
 
-def _scale(metric: str) -> float:
-    return 1.0 if metric in NOT_PERCENT else 100.0
+def _scale(info: dict) -> float:
+    """What tables multiply a column's values by: 100 for fractions shown as percentages."""
+    return 100.0 if info["percent"] else 1.0
 
 
 def wide_table(board: Leaderboard, markup: str = "md") -> pd.DataFrame:
@@ -194,7 +226,7 @@ def wide_table(board: Leaderboard, markup: str = "md") -> pd.DataFrame:
                 row["acc@5"] = f"{100 * acc.loc[method, 'acc5']:.1f}"
             mine = cells[cells["method"] == method]
             for _, c in mine.iterrows():
-                k = _scale(c["metric"])
+                k = c["scale"]
                 digits = 1 if k == 100 else 3
                 text = f"{k * c['mean']:.{digits}f} [{k * c['lo']:.{digits}f}, {k * c['hi']:.{digits}f}]"
                 row[f"{c['metric']} {ARROW[c['direction']]}"] = wrap.format(text) if c["bold"] else text

@@ -28,11 +28,12 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import build_model
+from .. import distributed as D
+from ..checkpoints import checkpoint_payload, load_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig
 from ..datasets import build_dataset, make_loader
+from ..files import atomic_write_json
 from ..metrics.accuracy import accuracy_topk
-from . import distributed as D
-from .checkpoint import atomic_write_json, checkpoint_payload, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe reads, and rebuilding a model from one.
+"""Checkpoint files: atomic writes, safe reads, state-dict extraction and checks.
 
 An xbench checkpoint is a dict of tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``::
@@ -9,22 +9,20 @@ An xbench checkpoint is a dict of tensors and plain Python values, so it loads w
 
 Foreign files (official INTR checkpoints, DETR-R50, timm/torchvision weights) are read with
 the same safe loader; the only foreign type allowed is `argparse.Namespace` (INTR's 'args').
+Rebuilding a model from a file is `xbench.load_model` (methods/loading.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 # Options that point at files used to initialise a model; a checkpoint's own weights replace
@@ -35,38 +33,6 @@ SAFE_FOREIGN_GLOBALS = (argparse.Namespace,)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, unsafe, corrupt or of the wrong model."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(temporary_path)` in the target's folder, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a torn one. The file
-    gets the usual permissions (mkstemp would leave it readable by its owner only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    """`data` as indented JSON, written atomically (readers never see half a file)."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -123,7 +89,7 @@ def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def guess_family(state: dict[str, torch.Tensor]) -> str:
-    """Which model family a state dict looks like (for error messages)."""
+    """Which model family a state dict looks like: detr, icn, intr, ca_stream, cnn, unknown transformer or unknown."""
     keys = set(state)
     if any(k.startswith("transformer.") for k in keys):
         if "class_embed.weight" in keys or any(k.startswith("bbox_embed.") for k in keys):
@@ -132,7 +98,7 @@ def guess_family(state: dict[str, torch.Tensor]) -> str:
             return "icn"
         if "presence_vector.weight" in keys:
             return "intr"
-        return "an unknown transformer"
+        return "unknown transformer"
     if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
         return "ca_stream"
     if any(k.endswith("fc.weight") or k.startswith(("conv1.", "stem.", "features.")) for k in keys):
@@ -148,54 +114,10 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
         raise CheckpointError(f"{source} has NaN/inf values in {', '.join(bad[:3])}{more}; refusing to use it")
 
 
-def model_from_checkpoint(path: str | os.PathLike, *, expect: str | None = None, num_classes: int | None = None,
-                          reinit_head: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model an xbench checkpoint holds and load its weights strictly.
-
-    `expect` refuses another model family; `num_classes` refuses another class count, or with
-    `reinit_head` builds the model for `num_classes` and re-initialises the class-dependent weights.
-    """
-    from .. import build_model
-
-    ckpt = load_checkpoint(path)
-    state = state_dict_of(ckpt)
-    if "model_name" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not an xbench checkpoint (it looks like a {guess_family(state)} state dict); "
-            "foreign files are read by converters: cnn backbone_weights, intr detr_weights / load_official_intr"
-        )
-    name = ckpt["model_name"]
-    if expect is not None and name != expect:
-        raise CheckpointError(f"{path} holds a {name!r} model, not the {expect!r} model asked for")
-    check_finite(state, str(path))
-    options = {k: v for k, v in ckpt.get("model_options", {}).items() if k not in INIT_OPTIONS}
-    stored = int(ckpt["num_classes"])
-    if num_classes is not None and num_classes != stored and not reinit_head:
-        raise CheckpointError(
-            f"{path} was trained for {stored} classes but {num_classes} are asked for; "
-            "use the matching dataset, or --reinit-head to start the classifier afresh"
-        )
-    model = build_model(name, num_classes=num_classes or stored, **options)
-    if num_classes is None or num_classes == stored:
-        model.load_state_dict(state, strict=True)
-    else:
-        load_matching(model, state, source=str(path))
-    return model, ckpt
-
-
-def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Load every tensor whose name and shape match; log and return those left at their init."""
-    own = model.state_dict()
-    fresh = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
-    log.info("%s: re-initialised %s", source, ", ".join(fresh) or "nothing")
-    return fresh
-
-
 def checkpoint_payload(model: torch.nn.Module, model_name: str, num_classes: int, class_names: list[str],
                        config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The dict `save_checkpoint` writes for a model (plus `extra`: epoch, optimizer, ...)."""
-    from .. import __version__
+    from . import __version__
 
     raw = getattr(model, "module", model)  # unwrap DistributedDataParallel
     options = dict(getattr(raw, "arch_options", config.get("model", {})))

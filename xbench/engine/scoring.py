@@ -1,0 +1,163 @@
+"""Scoring one batch: each model's logits once, each of its explainers once, every metric.
+
+`BatchScorer.score(batch)` appends one row per (sample, method) and that batch's curves. It is
+the only scoring code path: `xbench evaluate` calls it shard by shard, and a Python user's
+evaluation of their own model goes through it too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import build_explainer
+from ..metrics import REGIONS, MetricInput, boxes_to_mask, protocol_step, randomised_copy
+from ..metrics.accuracy import accuracy_topk
+from ..metrics.forward import chunk_size
+from ..metrics.perturbation import PROTOCOLS
+from ..metrics.saliency import prepare, with_nan_rows
+from ..registry import METRICS
+from .artefacts import FigureArtefacts
+from .methods import Method
+
+
+def selected_metrics(names: list[str], parameter_randomisation: bool = False) -> list[str]:
+    """The metric names to run: 'all' means every metric that is not opt-in (in registration order)."""
+    if "all" in names:
+        names = [e.name for e in METRICS.entries() if not e.meta.get("opt_in")]
+    names = list(dict.fromkeys(names))
+    for name in names:
+        METRICS.get(name)
+    if parameter_randomisation and "parameter_randomisation" not in names:
+        names.append("parameter_randomisation")
+    return names
+
+
+def resolve_target(protocol: str, target: str | None) -> str:
+    """The class explained and scored: `target` (gt or pred), else the protocol's choice."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"evaluate.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    target = target or PROTOCOLS[protocol]["target"]
+    if target not in ("gt", "pred"):
+        raise ValueError(f"evaluate.target must be gt or pred, got {target!r}")
+    return target
+
+
+@dataclass
+class _Batch:
+    """What every method of every model shares in one batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    regions: dict
+    boxes: torch.Tensor | None
+    index: list[int]  # each sample's index in the split
+    figure: list[int]  # positions in the batch of the samples figures show
+    step: int  # insertion/deletion pixels per step
+
+
+@dataclass
+class _ModelRun:
+    """One model's pass over the batch: what its explainers are scored against."""
+
+    model: nn.Module
+    targets: torch.Tensor  # the class explained and scored
+    original: torch.Tensor  # its probability on the unperturbed images
+    pred: torch.Tensor
+    accuracy: dict
+    chunk: int  # images per perturbation forward pass
+
+
+class BatchScorer:
+    """Scores batches of `methods` on `models` (name -> nn.Module in eval mode) with `metrics`.
+
+    `target` gt/pred; `protocol` the insertion/deletion protocol; `mean`/`std` the data's
+    normalisation; `device` where the models are; `explainer_options` per explainer name or
+    method label; `tags` go into every row (dataset, split)."""
+
+    def __init__(self, models: dict[str, nn.Module], methods: list[Method], metrics: list[str], *, target: str,
+                 protocol: str, mean, std, device: torch.device, memory_budget_mb: float = 1024,
+                 explainer_options: dict[str, dict] | None = None, seed: int = 0, tags: dict[str, Any] | None = None):
+        self.models, self.methods, self.metrics = models, methods, metrics
+        self.target, self.protocol, self.mean, self.std = target, protocol, mean, std
+        self.device, self.memory_budget_mb, self.tags = device, memory_budget_mb, dict(tags or {})
+        options = explainer_options or {}
+        self.options = {m.label: {**options.get(m.explainer, {}), **options.get(m.label, {})} for m in methods}
+        self.takes_pad_mask = {n: "pad_mask" in inspect.signature(m.forward).parameters for n, m in models.items()}
+        self.explainers = {m.label: build_explainer(m.explainer, models[m.model], **self.options[m.label])
+                           for m in methods}
+        self.randomised = {}  # method label -> its explainer on the top-layer-randomised model
+        if "parameter_randomisation" in metrics:
+            twins = {name: randomised_copy(model, seed=seed) for name, model in models.items()}
+            self.randomised = {m.label: build_explainer(m.explainer, twins[m.model], **self.options[m.label])
+                               for m in methods}
+
+    @torch.no_grad()
+    def score(self, batch: dict, rows: list, curves: dict, artefacts: FigureArtefacts | None = None) -> None:
+        """Append the batch's rows to `rows` and its curves to `curves` (name -> [(first row, array)])."""
+        device = self.device
+        images = batch["image"].to(device)
+        h, w = images.shape[-2:]
+        regions = {name: batch[key].to(device).bool() for name, key in REGIONS.items()
+                   if key in batch and name != "box"}
+        boxes = batch["box"].to(device) if "box" in batch else None
+        if boxes is not None:
+            regions = {"box": boxes_to_mask(boxes, (h, w)), **regions}
+        index = batch["index"].tolist()
+        figure = artefacts.positions(index) if artefacts is not None else []
+        shared = _Batch(images, batch["label"].to(device), regions, boxes, index, figure,
+                        protocol_step(self.protocol, w))
+        if artefacts is not None:
+            artefacts.images(batch, index, figure)
+        for model_name in dict.fromkeys(m.model for m in self.methods):
+            model = self.models[model_name]
+            kwargs = ({"pad_mask": batch["pad_mask"].to(device)}
+                      if "pad_mask" in batch and self.takes_pad_mask[model_name] else {})
+            logits = model(images, **kwargs).float()
+            probs = logits.softmax(-1)
+            pred = logits.argmax(1)
+            targets = shared.labels if self.target == "gt" else pred
+            run = _ModelRun(model, targets, probs.gather(1, targets[:, None])[:, 0], pred,
+                            accuracy_topk(logits, shared.labels), chunk_size(model, images[0], self.memory_budget_mb))
+            if artefacts is not None:
+                artefacts.predictions(model_name, model, images, shared.labels, probs, index, figure)
+            for method in (m for m in self.methods if m.model == model_name):
+                maps = self._score_method(method, shared, run, rows, curves)
+                if artefacts is not None:
+                    artefacts.saliency(method.label, maps, index, figure)
+
+    def _score_method(self, method: Method, shared: _Batch, run: _ModelRun, rows: list, curves: dict) -> torch.Tensor:
+        """Score one method on the batch; returns its prepared maps (B, H, W)."""
+        h, w = shared.images.shape[-2:]
+        prepared = prepare(self.explainers[method.label](shared.images, run.targets), (h, w))
+        randomised = None
+        if method.label in self.randomised:
+            other = self.randomised[method.label]
+            randomised = lambda: prepare(other(shared.images, run.targets), (h, w)).maps  # noqa: E731
+        inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
+                          labels=shared.labels, original=run.original, regions=shared.regions, boxes=shared.boxes,
+                          mean=self.mean, std=self.std, step=shared.step, chunk=run.chunk,
+                          randomised_maps=randomised)
+        values, method_curves = {}, {}
+        for name in self.metrics:
+            out = METRICS.get(name).factory(inp)
+            values.update({k: with_nan_rows(v, prepared.nonfinite.to(v.device)).cpu() for k, v in out.values.items()})
+            method_curves.update({k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
+                                  for k, v in out.curves.items()})
+        first_row = len(rows)
+        for i, idx in enumerate(shared.index):
+            row = {**self.tags, "index": idx, "method": method.label, "model": method.model,
+                   "explainer": method.explainer, "target_kind": self.target, "target": int(run.targets[i]),
+                   "label": int(shared.labels[i]), "prediction": int(run.pred[i]),
+                   "acc1": bool(run.accuracy["acc1"][i]), "acc5": bool(run.accuracy["acc5"][i]),
+                   "prob": float(run.original[i]), "degenerate": bool(prepared.degenerate[i]),
+                   "nonfinite": bool(prepared.nonfinite[i])}
+            row.update({k: float(v[i]) for k, v in values.items()})
+            rows.append(row)
+        for name, value in method_curves.items():
+            curves.setdefault(name, []).append((first_row, value.numpy()))
+        return prepared.maps

@@ -1,0 +1,97 @@
+"""`load_model(path)`: the one way a model is built from a file, for train, evaluate and explain.
+
+An xbench checkpoint names its model and architecture, so the model is rebuilt and its weights
+loaded strictly. A foreign file (an official INTR checkpoint, ...) is read by the converter its
+model family registers (`register_model(..., reads_foreign=...)`). Every file is read with
+`torch.load(weights_only=True)` (see xbench.checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoints import INIT_OPTIONS, CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
+from ..registry import MODELS
+
+log = logging.getLogger(__name__)
+
+
+def load_model(path: str | os.PathLike, *, expect: str | None = None, num_classes: int | None = None,
+               class_names: list[str] | None = None, reinit_head: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a file holds, with its weights, and the file's description of it.
+
+    `expect` refuses another model family; `num_classes` refuses another class count, or with
+    `reinit_head` builds the model for `num_classes` and re-initialises the class-dependent
+    weights; `class_names` refuses a model trained on other classes. Returns (model, info):
+    info is the checkpoint dict (model_name, model_options, num_classes, class_names, config, ...).
+    """
+    ckpt = load_checkpoint(path)
+    if "model_name" in ckpt:
+        model = _from_xbench(ckpt, path, expect, num_classes, reinit_head)
+    else:
+        model, ckpt = _from_foreign(ckpt, path, expect, num_classes)
+    stored = ckpt.get("class_names")
+    if class_names is not None and stored and list(stored) != list(class_names) and not reinit_head:
+        raise CheckpointError(f"{path} was trained on other classes (first: {stored[0]!r}, here: {class_names[0]!r})")
+    return model, ckpt
+
+
+def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, reinit_head: bool) -> nn.Module:
+    from .. import build_model
+
+    name = ckpt["model_name"]
+    if expect is not None and name != expect:
+        raise CheckpointError(f"{path} holds a {name!r} model, not the {expect!r} model asked for")
+    state = state_dict_of(ckpt)
+    check_finite(state, str(path))
+    options = {k: v for k, v in ckpt.get("model_options", {}).items() if k not in INIT_OPTIONS}
+    stored = int(ckpt["num_classes"])
+    if num_classes is not None and num_classes != stored and not reinit_head:
+        raise CheckpointError(
+            f"{path} was trained for {stored} classes but {num_classes} are asked for; "
+            "use the matching dataset, or --reinit-head to start the classifier afresh"
+        )
+    model = build_model(name, num_classes=num_classes or stored, **options)
+    if num_classes is None or num_classes == stored:
+        model.load_state_dict(state, strict=True)
+    else:
+        load_matching(model, state, source=str(path))
+    return model
+
+
+def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None) -> tuple[nn.Module, dict]:
+    family = guess_family(state_dict_of(ckpt))
+    reader = MODELS.get(family).meta.get("reads_foreign") if family in MODELS else None
+    if reader is None:
+        readers = ", ".join(e.name for e in MODELS.entries() if "reads_foreign" in e.meta) or "none"
+        raise CheckpointError(
+            f"{path} is not an xbench checkpoint (it looks like {describe_family(family)}); foreign files "
+            f"are read for these models: {readers}; other weights go in through the model's options "
+            "(cnn backbone_weights, intr detr_weights)"
+        )
+    if expect is not None and family != expect:
+        raise CheckpointError(f"{path} holds {describe_family(family)}, not the {expect!r} model asked for")
+    model = reader(ckpt, str(path), num_classes)
+    info = {"model_name": family, "model_options": dict(getattr(model, "arch_options", {})),
+            "num_classes": int(model.num_classes), "class_names": None, "config": {}, "foreign": True}
+    return model, info
+
+
+def describe_family(family: str) -> str:
+    """'a cnn state dict', 'an unknown transformer state dict', ... for messages."""
+    noun = f"{family} state dict" if family != "unknown" else "state dict of no known family"
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load every tensor whose name and shape match; log and return those left at their init."""
+    own = model.state_dict()
+    fresh = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    model.load_state_dict({k: v for k, v in state.items() if k in own and v.shape == own[k].shape}, strict=False)
+    log.info("%s: re-initialised %s", source, ", ".join(fresh) or "nothing")
+    return fresh
