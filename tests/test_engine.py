@@ -136,7 +136,7 @@ def test_missing_checkpoint_and_wrong_classes_are_named(tiny_run_setup, tmp_path
         evaluate(load_config([], overrides + ["evaluate.methods=icn"]), out=tmp_path / "x", progress=False)
     model = xbench.build_model("cnn", num_classes=5, **HALF)
     save_checkpoint(tmp_path / "five.pt", checkpoint_payload(model, "cnn", 5, list("abcde"), {}))
-    with pytest.raises(ValueError, match="trained for 5 classes but 3 are asked for"):
+    with pytest.raises(ValueError, match="3 of the data's 3 classes are not among the 5 classes of cnn .*'001"):
         evaluate(load_config([], overrides + ["evaluate.methods=gradcam", f"evaluate.checkpoints.cnn={tmp_path}/five.pt"]),
                  out=tmp_path / "y", progress=False)
 

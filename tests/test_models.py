@@ -305,7 +305,7 @@ def test_cnn_loads_timm_and_torchvision_files(tmp_path, caplog):
 
 def test_class_count_and_family_mismatches_are_refused(tmp_path, caplog):
     trained = _save_cnn(tmp_path / "cnn.pt", num_classes=4)
-    with pytest.raises(CheckpointError, match="trained for 4 classes but 6 are asked for.*--reinit-head"):
+    with pytest.raises(CheckpointError, match="trained for 4 classes but 6 are asked for.*reinit_head=True"):
         xbench.load_model(tmp_path / "cnn.pt", num_classes=6)
     with caplog.at_level(logging.INFO):
         model, _ = xbench.load_model(tmp_path / "cnn.pt", num_classes=6, reinit_head=True)

@@ -56,13 +56,13 @@ def build_model(name: str, num_classes: int, **overrides: Any):
     return entry.factory(num_classes=num_classes, **overrides)
 
 
-def load_model(path, *, expect: str | None = None, num_classes: int | None = None,
-               class_names: list[str] | None = None, reinit_head: bool = False):
-    """The model a checkpoint file holds (xbench or a foreign format a model family reads) and the
-    file's description of it: (nn.Module, dict). See xbench.methods.loading."""
+def load_model(path, **kwargs: Any):
+    """The model a checkpoint file holds (an xbench checkpoint, a timm/torchvision state dict for `cnn`,
+    an official INTR file, ...) and the file's description of it: (nn.Module, dict). Keywords: expect,
+    num_classes, class_names, reinit_head, options, pinned (see xbench.methods.loading.load_model)."""
     from .methods.loading import load_model as load
 
-    return load(path, expect=expect, num_classes=num_classes, class_names=class_names, reinit_head=reinit_head)
+    return load(path, **kwargs)
 
 
 def build_explainer(name: str, model, **overrides: Any):

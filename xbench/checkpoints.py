@@ -5,7 +5,8 @@ An xbench checkpoint is a dict of tensors and plain Python values, so it loads w
 
     {"xbench": {"format": 1, "version": ...}, "model": state_dict, "model_name": "intr",
      "model_options": {...architecture, no init files...}, "num_classes": C, "class_names": [...],
-     "config": {...resolved config...}, "epoch": int, "optimizer": ..., "scheduler": ..., "rng": ...}
+     "normalisation": {"mean": [...], "std": [...]}, "config": {...resolved config...},
+     "epoch": int, "optimizer": ..., "scheduler": ..., "rng": ...}
 
 Foreign files (official INTR checkpoints, DETR-R50, timm/torchvision weights) are read with
 the same safe loader; the only foreign type allowed is `argparse.Namespace` (INTR's 'args').
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(str(exc))
+        module = _pickled_module(detail)
+        if module:
+            raise CheckpointError(
+                f"{path} holds a whole pickled model ({module}), not its weights; xbench reads only tensors. "
+                "Export the weights where the model is defined: torch.save(model.state_dict(), 'weights.pth') "
+                "(for this file, if you trust it: torch.save(torch.load(path, weights_only=False).state_dict(), "
+                "'weights.pth')), then pass that file"
+            ) from None
         if "GLOBAL" in detail:
             raise CheckpointError(
                 f"{path} was refused: it asks to import Python objects a checkpoint may not hold ({detail}). "
@@ -70,10 +80,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _unpickler_detail(message: str) -> str:
     """The specific reason in torch's weights-only error, without its generic advice."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "Re-running")
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". Please use", 1)[0].strip()
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "Re-running", "(1)",
+                   "(2)")
     detail = [ln for ln in lines if not ln.startswith(boilerplate)]
     return detail[0] if detail else lines[0]
+
+
+def _pickled_module(detail: str) -> str | None:
+    """The class named by a refused GLOBAL when it is a network (torch, torchvision, timm), else None."""
+    found = re.search(r"GLOBAL ([\w.]+)", detail)
+    name = found.group(1) if found else ""
+    return name if name.startswith(("torch.nn.", "torchvision.models.", "timm.models.", "__main__.")) else None
 
 
 def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -99,7 +120,8 @@ def guess_family(state: dict[str, torch.Tensor]) -> str:
         if "presence_vector.weight" in keys:
             return "intr"
         return "unknown transformer"
-    if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
+    if "cls_token" in keys and any(k.startswith("backbone.") for k in keys) and any(
+            k.startswith("blocks.") for k in keys):
         return "ca_stream"
     if any(k.endswith("fc.weight") or k.startswith(("conv1.", "stem.", "features.")) for k in keys):
         return "cnn"
@@ -125,6 +147,8 @@ def checkpoint_payload(model: torch.nn.Module, model_name: str, num_classes: int
     for key in INIT_OPTIONS:
         options.pop(key, None)
     state = raw.state_dict()
+    dataset = config.get("dataset") or {}
+    normalisation = {k: [float(v) for v in dataset[k]] for k in ("mean", "std") if k in dataset}
     return {"xbench": {"format": FORMAT_VERSION, "version": __version__}, "model": state, "model_name": model_name,
             "model_options": options, "num_classes": num_classes, "class_names": list(class_names),
-            "config": config, **extra}
+            "normalisation": normalisation, "config": config, **extra}

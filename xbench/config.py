@@ -114,6 +114,9 @@ class EvaluateConfig:
     top_k: int = 5
     parameter_randomisation: bool = False
     checkpoints: dict[str, str] = field(default_factory=dict)
+    # model -> its class names in output order (a list, or a text file with one name per line); needed
+    # only for a plain weight file whose classes are neither the data's nor ImageNet's
+    class_names: dict[str, Any] = field(default_factory=dict)
     explainers: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str = ""  # empty: results/<dataset>
 
@@ -126,16 +129,25 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     output_dir: str = "runs"
     seed: int = 0
+    # Dotted keys the user set (--config files, --set, shorthand flags), as opposed to defaults and
+    # recipes: such a setting is never silently overridden or ignored. Not part of the saved config.
+    explicit: frozenset[str] = field(default_factory=frozenset, compare=False, repr=False)
+
+    def is_explicit(self, key: str) -> bool:
+        """Whether the user set `key` ('dataset.mean') or a key below it."""
+        return any(k == key or k.startswith(key + ".") for k in self.explicit)
 
     def run_dir(self, model: str | None = None) -> Path:
         """Where training writes: <output_dir>/<dataset>/<model>/ (this config's model by default)."""
         return Path(self.output_dir) / self.dataset.name / (model or self.model.name)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The config as plain values; `exclude` leaves out sections (evaluate's runs omit model, train)."""
         data = dataclasses.asdict(self)
+        data.pop("explicit")
         model = data.pop("model")
         data["model"] = {"name": model["name"], **model["options"]}
-        return _plain(data)
+        return _plain({k: v for k, v in data.items() if k not in exclude})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the resolved config as YAML (readable, and loadable by `load_config`)."""
@@ -144,8 +156,8 @@ class Config:
         path.write_text(self.to_yaml())
         return path
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, exclude: tuple[str, ...] = ()) -> str:
+        return yaml.safe_dump(self.to_dict(exclude), sort_keys=False)
 
 
 def _plain(value: Any) -> Any:
@@ -236,13 +248,24 @@ def load_config(
     merged: dict[str, Any] = {}
     for layer in layers + user_layers:
         merged = merge_layers(merged, layer)
-    return config_from_dict(merged)
+    cfg = config_from_dict(merged)
+    cfg.explicit = frozenset(key for layer in user_layers for key in _dotted_keys(layer))
+    return cfg
+
+
+def _dotted_keys(layer: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        keys += _dotted_keys(value, path + ".") if isinstance(value, dict) and value else [path]
+    return keys
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    unknown = set(data) - {f.name for f in dataclasses.fields(Config)}
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "explicit"]
+    unknown = set(data) - set(sections)
     if unknown:
-        raise ConfigError(_unknown_message("config", sorted(unknown)[0], [f.name for f in dataclasses.fields(Config)]))
+        raise ConfigError(_unknown_message("config", sorted(unknown)[0], sections))
     cfg = Config()
     for name in ("output_dir", "seed"):
         if name in data:

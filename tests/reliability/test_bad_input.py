@@ -125,7 +125,7 @@ def test_hostile_and_wrong_checkpoints_are_refused_before_evaluation(tiny_run_se
     model = xbench.build_model("cnn", num_classes=7, **HALF)
     save_checkpoint(tmp_path / "seven.pt", checkpoint_payload(model, "cnn", 7, list("abcdefg"), {}))
     result = _cli_evaluate(overrides, "--checkpoint", f"cnn={tmp_path / 'seven.pt'}")
-    assert result.exit_code == 2 and "trained for 7 classes but 3 are asked for" in result.output
+    assert result.exit_code == 2 and "3 of the data's 3 classes are not among the 7 classes of cnn" in result.output
 
     result = _cli_evaluate(overrides, "--checkpoint", f"cnn={base / 'runs' / 'synth' / 'intr' / 'best.pt'}")
     assert result.exit_code == 2 and "holds a 'intr' model, not the 'cnn' model asked for" in result.output

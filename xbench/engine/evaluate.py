@@ -20,9 +20,10 @@ from tqdm import tqdm
 from .. import distributed as D
 from ..config import Config
 from ..datasets import build_dataset, make_loader
+from ..methods.classes import class_index_map
 from ..metrics import column_table
 from .artefacts import FigureArtefacts
-from .methods import checkpoint_path, load_evaluated_model, parse_methods
+from .methods import adopt_normalisation, load_evaluated_model, parse_methods
 from .scoring import BatchScorer, resolve_target, selected_metrics
 from .store import ResultStore
 
@@ -51,11 +52,7 @@ class Evaluator:
 
     def fingerprint(self, indices: list[int]) -> dict:
         ev, ds = self.cfg.evaluate, self.cfg.dataset
-        checkpoints = {}
-        for model in sorted({m.model for m in self.methods}):
-            path = checkpoint_path(self.cfg, model)
-            stat = path.stat() if path.exists() else None
-            checkpoints[model] = [str(path), stat.st_size if stat else None, int(stat.st_mtime) if stat else None]
+        checkpoints = {name: model.sha256 for name, model in sorted(self.models.items())}
         return {"dataset": ds.name, "root": ds.root, "split": self.split, "image_size": ds.image_size,
                 "eval_transform": ds.eval_transform, "samples": len(indices), "first": indices[:3],
                 "methods": [m.label for m in self.methods], "metrics": self.metrics, "protocol": ev.protocol,
@@ -66,14 +63,21 @@ class Evaluator:
 
     def run(self, fresh: bool = False, wait: bool = False) -> Path:
         ctx = self.ctx
+        self.models = {name: load_evaluated_model(self.cfg, name, ctx.device)
+                       for name in dict.fromkeys(m.model for m in self.methods)}
+        adopt_normalisation(self.cfg, list(self.models.values()))
         dataset = build_dataset(self.cfg.dataset, self.split, train=False)
+        for name, model in self.models.items():
+            model.label_map = class_index_map(dataset.classes, model.classes, model.num_outputs,
+                                              origin=f"{name} ({model.path})")
         indices = evaluation_indices(len(dataset), self.cfg.evaluate.limit, self.cfg.seed)
         size = self.cfg.evaluate.shard_size
         shards = [indices[i:i + size] for i in range(0, len(indices), size)]
         lock = self.store.lock(wait=wait) if ctx.is_main else contextlib.nullcontext()
         with lock:
             if ctx.is_main:
-                self.store.prepare(self.fingerprint(indices), self.cfg.to_yaml(), column_table(self.metrics),
+                self.store.prepare(self.fingerprint(indices), self.cfg.to_yaml(exclude=("model", "train")),
+                                   column_table(self.metrics), {n: m.describe() for n, m in self.models.items()},
                                    fresh=fresh)
             D.barrier(ctx)
             done = self.store.done_shards()
@@ -101,14 +105,16 @@ class Evaluator:
         return self.out
 
     def _setup(self, dataset, indices: list[int]) -> None:
-        """Models, the batch scorer and the samples figures will show."""
-        cfg, ev = self.cfg, self.cfg.evaluate
-        models = {name: load_evaluated_model(cfg, name, dataset.num_classes, dataset.classes, self.ctx.device)
-                  for name in dict.fromkeys(m.model for m in self.methods)}
-        self.scorer = BatchScorer(models, self.methods, self.metrics, target=self.target, protocol=ev.protocol,
-                                  mean=cfg.dataset.mean, std=cfg.dataset.std, device=self.ctx.device,
-                                  memory_budget_mb=ev.memory_budget_mb, explainer_options=ev.explainers,
-                                  seed=cfg.seed, tags={"dataset": cfg.dataset.name, "split": self.split})
+        """The batch scorer and the samples figures will show."""
+        cfg, ev, models = self.cfg, self.cfg.evaluate, self.models
+        self.scorer = BatchScorer({n: m.module for n, m in models.items()}, self.methods, self.metrics,
+                                  target=self.target, protocol=ev.protocol, mean=cfg.dataset.mean, std=cfg.dataset.std,
+                                  device=self.ctx.device, memory_budget_mb=ev.memory_budget_mb,
+                                  explainer_options=ev.explainers, seed=cfg.seed,
+                                  tags={"dataset": cfg.dataset.name, "split": self.split},
+                                  label_maps={n: m.label_map for n, m in models.items()},
+                                  class_names={n: m.classes.names for n, m in models.items() if m.classes},
+                                  data_classes=dataset.classes)
         self.artefacts = FigureArtefacts.seeded(indices, ev.saliency_samples, cfg.seed, cfg.dataset.mean,
                                                 cfg.dataset.std, ev.top_k)
 

@@ -52,7 +52,7 @@ class _Batch:
     """What every method of every model shares in one batch."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor  # data labels (indices into the data's classes)
     regions: dict
     boxes: torch.Tensor | None
     index: list[int]  # each sample's index in the split
@@ -65,6 +65,7 @@ class _ModelRun:
     """One model's pass over the batch: what its explainers are scored against."""
 
     model: nn.Module
+    labels: torch.Tensor  # the true classes as the model's outputs
     targets: torch.Tensor  # the class explained and scored
     original: torch.Tensor  # its probability on the unperturbed images
     pred: torch.Tensor
@@ -77,12 +78,18 @@ class BatchScorer:
 
     `target` gt/pred; `protocol` the insertion/deletion protocol; `mean`/`std` the data's
     normalisation; `device` where the models are; `explainer_options` per explainer name or
-    method label; `tags` go into every row (dataset, split)."""
+    method label; `tags` go into every row (dataset, split). `label_maps` gives, per model, the
+    output of each data class (default: the same index); `class_names` the models' output names
+    and `data_classes` the data's, for readable rows."""
 
     def __init__(self, models: dict[str, nn.Module], methods: list[Method], metrics: list[str], *, target: str,
                  protocol: str, mean, std, device: torch.device, memory_budget_mb: float = 1024,
-                 explainer_options: dict[str, dict] | None = None, seed: int = 0, tags: dict[str, Any] | None = None):
+                 explainer_options: dict[str, dict] | None = None, seed: int = 0, tags: dict[str, Any] | None = None,
+                 label_maps: dict[str, list[int]] | None = None, class_names: dict[str, list[str]] | None = None,
+                 data_classes: list[str] | None = None):
         self.models, self.methods, self.metrics = models, methods, metrics
+        self.label_maps = {n: torch.as_tensor(m, device=device) for n, m in (label_maps or {}).items()}
+        self.class_names, self.data_classes = class_names or {}, data_classes
         self.target, self.protocol, self.mean, self.std = target, protocol, mean, std
         self.device, self.memory_budget_mb, self.tags = device, memory_budget_mb, dict(tags or {})
         options = explainer_options or {}
@@ -120,11 +127,12 @@ class BatchScorer:
             logits = model(images, **kwargs).float()
             probs = logits.softmax(-1)
             pred = logits.argmax(1)
-            targets = shared.labels if self.target == "gt" else pred
-            run = _ModelRun(model, targets, probs.gather(1, targets[:, None])[:, 0], pred,
-                            accuracy_topk(logits, shared.labels), chunk_size(model, images[0], self.memory_budget_mb))
+            labels = self.label_maps[model_name][shared.labels] if model_name in self.label_maps else shared.labels
+            targets = labels if self.target == "gt" else pred
+            run = _ModelRun(model, labels, targets, probs.gather(1, targets[:, None])[:, 0], pred,
+                            accuracy_topk(logits, labels), chunk_size(model, images[0], self.memory_budget_mb))
             if artefacts is not None:
-                artefacts.predictions(model_name, model, images, shared.labels, probs, index, figure)
+                artefacts.predictions(model_name, model, images, labels, probs, index, figure)
             for method in (m for m in self.methods if m.model == model_name):
                 maps = self._score_method(method, shared, run, rows, curves)
                 if artefacts is not None:
@@ -139,7 +147,7 @@ class BatchScorer:
             other = self.randomised[method.label]
             randomised = lambda: prepare(other(shared.images, run.targets), (h, w)).maps  # noqa: E731
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
-                          labels=shared.labels, original=run.original, regions=shared.regions, boxes=shared.boxes,
+                          labels=run.labels, original=run.original, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, step=shared.step, chunk=run.chunk,
                           randomised_maps=randomised)
         values, method_curves = {}, {}
@@ -149,13 +157,18 @@ class BatchScorer:
             method_curves.update({k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
                                   for k, v in out.curves.items()})
         first_row = len(rows)
+        names = self.class_names.get(method.model)
         for i, idx in enumerate(shared.index):
             row = {**self.tags, "index": idx, "method": method.label, "model": method.model,
                    "explainer": method.explainer, "target_kind": self.target, "target": int(run.targets[i]),
-                   "label": int(shared.labels[i]), "prediction": int(run.pred[i]),
+                   "label": int(run.labels[i]), "prediction": int(run.pred[i]),
                    "acc1": bool(run.accuracy["acc1"][i]), "acc5": bool(run.accuracy["acc5"][i]),
                    "prob": float(run.original[i]), "degenerate": bool(prepared.degenerate[i]),
                    "nonfinite": bool(prepared.nonfinite[i])}
+            if self.data_classes is not None:
+                row["label_name"] = self.data_classes[int(shared.labels[i])]
+            if names is not None:
+                row["prediction_name"] = names[int(run.pred[i])]
             row.update({k: float(v[i]) for k, v in values.items()})
             rows.append(row)
         for name, value in method_curves.items():

@@ -2,6 +2,7 @@
 
     run.json            what the rows depend on (a resumed run must match it)
     columns.json        each metric column's direction, aggregate, scale, family (what reports read)
+    models.json         each evaluated model as it ran: file, sha256, format, architecture, classes, training
     config.yaml         the resolved config;  versions.json: torch, timm, grad-cam, captum, ...
     shards/00003.csv    one row per (sample, method); written last, so it marks the shard done
     shards/00003.npz    curves (insertion/deletion, box hits), aligned with the CSV's rows
@@ -91,7 +92,7 @@ class ResultStore:
     # -------------------------------------------------------------------- setup
 
     def prepare(self, fingerprint: dict[str, Any], config_text: str, columns: dict[str, dict],
-                fresh: bool = False) -> None:
+                models: dict[str, dict], fresh: bool = False) -> None:
         """Check or record what the rows depend on and how its columns are read; clear temporaries of a
         killed run."""
         run = self.root / "run.json"
@@ -111,6 +112,7 @@ class ResultStore:
             tmp.unlink()
         atomic_write_json(run, fingerprint)
         atomic_write_json(self.root / "columns.json", columns)
+        atomic_write_json(self.root / "models.json", models)
         atomic_write_text(self.root / "config.yaml", config_text)
         atomic_write_json(self.root / "versions.json", versions())
 
@@ -163,6 +165,12 @@ def load_columns(root: str | os.PathLike) -> dict[str, dict]:
         raise FileNotFoundError(f"{path} is missing: {root} was written by an xbench that did not record its "
                                 "columns; evaluate it again with this version")
     return json.loads(path.read_text())
+
+
+def load_models(root: str | os.PathLike) -> dict[str, dict]:
+    """The evaluated models as they ran (models.json), or {} for a run that did not record them."""
+    path = Path(root) / "models.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""CNN backbones from timm: creation, local weight files, frozen BatchNorm, CAM layers.
+"""Backbones from timm or torchvision: creation, local weight files, frozen BatchNorm, CAM layers.
 
 Nothing is downloaded: `pretrained=False` always, and weights come from a file the user
 names (a timm or torchvision state dict, .pth or .safetensors, or an xbench checkpoint).
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torchvision
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
@@ -31,6 +32,70 @@ def create_timm(name: str, **kwargs) -> nn.Module:
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown timm model {name!r}{hint} (timm.list_models() lists all)")
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+SOURCES = ("auto", "timm", "torchvision")
+
+
+def torchvision_classifiers() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def resolve_source(name: str, source: str = "auto") -> str:
+    """Which library builds architecture `name`: `source`, or with 'auto' timm first, then torchvision."""
+    if source not in SOURCES:
+        raise ValueError(f"model.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    in_timm, in_tv = timm.is_model(name), name in torchvision_classifiers()
+    if source == "auto" and (in_timm or in_tv):
+        return "timm" if in_timm else "torchvision"
+    if (source == "timm" and in_timm) or (source == "torchvision" and in_tv):
+        return source
+    known = timm.list_models() if source != "torchvision" else []
+    known += torchvision_classifiers() if source != "timm" else []
+    close = difflib.get_close_matches(name, known, n=5)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    where = {"auto": "timm or torchvision", "timm": "timm", "torchvision": "torchvision"}[source]
+    raise ValueError(f"unknown {where} model {name!r}{hint} (timm.list_models() and "
+                     "torchvision.models.list_models() list them)")
+
+
+def create_classifier(name: str, num_classes: int, source: str = "auto", drop_rate: float = 0.0,
+                      **timm_kwargs) -> nn.Module:
+    """A random-weight classifier `name` from timm or torchvision (see `resolve_source`)."""
+    if resolve_source(name, source) == "timm":
+        return create_timm(name, num_classes=num_classes, drop_rate=drop_rate, **timm_kwargs)
+    if timm_kwargs or drop_rate:
+        raise ValueError(f"torchvision's {name} takes no timm options ({', '.join(timm_kwargs) or 'drop_rate'})")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The dotted name of a classifier's output layer: its last nn.Linear."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no linear classifier layer")
+    return names[-1]
+
+
+def fit_strictly(model: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Load `state` into `model` only if every weight matches by name and shape; else refuse with counts.
+
+    BatchNorm step counters (num_batches_tracked) may be absent from a file: they hold no weights."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    other_shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or other_shape:
+        details = [f"{len(missing)} model weights missing from the file" + (f" ({_preview(missing, 3)})" if missing
+                                                                            else ""),
+                   f"{len(unexpected)} file weights the model does not have"
+                   + (f" ({_preview(unexpected, 3)})" if unexpected else ""),
+                   f"{len(other_shape)} of another shape" + (
+                       f" ({other_shape[0]}: {tuple(state[other_shape[0]].shape)} in the file, "
+                       f"{tuple(own[other_shape[0]].shape)} in the model)" if other_shape else "")]
+        raise CheckpointError(f"{source} does not fit {what}: " + "; ".join(details)
+                              + ". Check model.backbone (and model.source: timm or torchvision)")
+    model.load_state_dict(state, strict=False)
 
 
 def arch_kwargs(channels=None, stem_width=None) -> dict:

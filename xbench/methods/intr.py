@@ -319,8 +319,9 @@ def load_official_intr(path: str | Path, num_classes: int | None = None) -> INTR
     return read_official_intr(load_checkpoint(path), str(path), num_classes)
 
 
-def read_official_intr(ckpt: dict, source: str, num_classes: int | None = None) -> INTR:
-    """`load_official_intr` on a checkpoint already read (the `reads_foreign` converter of `intr`)."""
+def read_official_intr(ckpt: dict, source: str, num_classes: int | None = None, options: dict | None = None) -> INTR:
+    """`load_official_intr` on a checkpoint already read (the `reads_foreign` converter of `intr`); the
+    architecture comes from the file's 'args', so `options` are not used."""
     state = state_dict_of(ckpt)
     family = guess_family(state)
     if family != "intr":
@@ -341,4 +342,4 @@ def read_official_intr(ckpt: dict, source: str, num_classes: int | None = None) 
 
 register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
                explains="cross-attention of the class query", head_maps=True,
-               reads_foreign=read_official_intr)(build_intr)
+               reads_foreign=read_official_intr, foreign_format="official INTR checkpoint")(build_intr)

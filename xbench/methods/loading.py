@@ -22,23 +22,40 @@ log = logging.getLogger(__name__)
 
 
 def load_model(path: str | os.PathLike, *, expect: str | None = None, num_classes: int | None = None,
-               class_names: list[str] | None = None, reinit_head: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+               class_names: list[str] | None = None, reinit_head: bool = False, options: dict | None = None,
+               pinned: set[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model a file holds, with its weights, and the file's description of it.
 
     `expect` refuses another model family; `num_classes` refuses another class count, or with
-    `reinit_head` builds the model for `num_classes` and re-initialises the class-dependent
-    weights; `class_names` refuses a model trained on other classes. Returns (model, info):
-    info is the checkpoint dict (model_name, model_options, num_classes, class_names, config, ...).
+    `reinit_head` builds the model for `num_classes` and re-initialises the class-dependent weights;
+    `class_names` refuses a model trained on other classes. `options` are architecture options: a
+    plain weight file (a timm/torchvision state dict for `cnn`) is built with them; a checkpoint that
+    records its architecture refuses those of `pinned` (default: all given) that differ from it.
+    Returns (model, info): info is the checkpoint dict (model_name, model_options, num_classes,
+    class_names, normalisation, config, ...) plus 'format', how the file was read.
     """
     ckpt = load_checkpoint(path)
+    options = dict(options or {})
     if "model_name" in ckpt:
+        _check_pinned(ckpt, path, options, set(options) if pinned is None else pinned)
         model = _from_xbench(ckpt, path, expect, num_classes, reinit_head)
+        ckpt = {**ckpt, "format": "xbench checkpoint"}
     else:
-        model, ckpt = _from_foreign(ckpt, path, expect, num_classes)
+        model, ckpt = _from_foreign(ckpt, path, expect, num_classes, options)
     stored = ckpt.get("class_names")
     if class_names is not None and stored and list(stored) != list(class_names) and not reinit_head:
         raise CheckpointError(f"{path} was trained on other classes (first: {stored[0]!r}, here: {class_names[0]!r})")
     return model, ckpt
+
+
+def _check_pinned(ckpt: dict, path, options: dict, pinned: set[str]) -> None:
+    """Refuse architecture settings that contradict what the checkpoint holds (they would not run)."""
+    recorded = ckpt.get("model_options", {})
+    clashes = [f"model.{k}={options[k]!r} (the file has {recorded[k]!r})" for k in sorted(pinned)
+               if k in options and k in recorded and k not in INIT_OPTIONS and options[k] != recorded[k]]
+    if clashes:
+        raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint whose architecture decides the model; "
+                              f"your settings {', '.join(clashes)} would not be used: remove them")
 
 
 def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, reinit_head: bool) -> nn.Module:
@@ -52,10 +69,9 @@ def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, 
     options = {k: v for k, v in ckpt.get("model_options", {}).items() if k not in INIT_OPTIONS}
     stored = int(ckpt["num_classes"])
     if num_classes is not None and num_classes != stored and not reinit_head:
-        raise CheckpointError(
-            f"{path} was trained for {stored} classes but {num_classes} are asked for; "
-            "use the matching dataset, or --reinit-head to start the classifier afresh"
-        )
+        raise CheckpointError(f"{path} was trained for {stored} classes but {num_classes} are asked for; "
+                              "use data with the model's classes, or reinit_head=True (xbench train: "
+                              "--reinit-head) to start the classifier afresh")
     model = build_model(name, num_classes=num_classes or stored, **options)
     if num_classes is None or num_classes == stored:
         model.load_state_dict(state, strict=True)
@@ -64,22 +80,43 @@ def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, 
     return model
 
 
-def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None) -> tuple[nn.Module, dict]:
+# Families whose weights are recognisable on their own: a file of one of them is never read as another.
+DISTINCT_FAMILIES = ("detr", "intr", "icn", "ca_stream", "unknown transformer")
+
+
+def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
+                  options: dict) -> tuple[nn.Module, dict]:
     family = guess_family(state_dict_of(ckpt))
-    reader = MODELS.get(family).meta.get("reads_foreign") if family in MODELS else None
+    if expect is not None and family in DISTINCT_FAMILIES and family != expect:
+        raise CheckpointError(f"{path} holds {describe_family(family)}, not the {expect!r} model asked for")
+    family = expect or family
+    entry = MODELS.get(family) if family in MODELS else None
+    reader = entry.meta.get("reads_foreign") if entry else None
     if reader is None:
         readers = ", ".join(e.name for e in MODELS.entries() if "reads_foreign" in e.meta) or "none"
         raise CheckpointError(
             f"{path} is not an xbench checkpoint (it looks like {describe_family(family)}); foreign files "
-            f"are read for these models: {readers}; other weights go in through the model's options "
-            "(cnn backbone_weights, intr detr_weights)"
+            f"are read for these models: {readers}; DETR weights go in through intr's detr_weights option"
         )
-    if expect is not None and family != expect:
-        raise CheckpointError(f"{path} holds {describe_family(family)}, not the {expect!r} model asked for")
-    model = reader(ckpt, str(path), num_classes)
+    model = reader(ckpt, str(path), num_classes, options)
     info = {"model_name": family, "model_options": dict(getattr(model, "arch_options", {})),
-            "num_classes": int(model.num_classes), "class_names": None, "config": {}, "foreign": True}
+            "num_classes": int(_class_count(model)), "class_names": None, "normalisation": {}, "config": {},
+            "format": entry.meta.get("foreign_format", "foreign file").format(**info_options(model))}
     return model, info
+
+
+def info_options(model: nn.Module) -> dict:
+    """The string architecture options of a model (what format descriptions may name)."""
+    return {k: v for k, v in getattr(model, "arch_options", {}).items() if isinstance(v, str)}
+
+
+def _class_count(model: nn.Module) -> int:
+    count = getattr(model, "num_classes", None)
+    if count is None:
+        from .backbones import classifier_name
+
+        count = model.get_submodule(classifier_name(model)).out_features
+    return int(count)
 
 
 def describe_family(family: str) -> str:

@@ -250,6 +250,7 @@ def explanation_figure(explanation, out: str | Path) -> Path:
 
 def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: str | Path | None = None) -> list[Path]:
     """Every figure of a run into `out_dir` (default <run>/figures)."""
+    from ..engine.store import load_models
     from . import leaderboard_of, load_results
 
     run_dir = Path(run_dir)
@@ -264,5 +265,6 @@ def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: 
     if _samples(maps):
         paths += qualitative_grid(maps, methods, out)
         for model in dict.fromkeys(k.split("|")[1] for k in maps if k.startswith("heads|")):
-            paths += intr_heads_figure(maps, out, model, class_names=summary.get("classes"))
+            names = (load_models(run_dir).get(model) or {}).get("class_names") or summary.get("classes")
+            paths += intr_heads_figure(maps, out, model, class_names=names)
     return paths
