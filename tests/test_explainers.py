@@ -57,12 +57,17 @@ def test_maps_equal_the_library_called_directly(models, images, name, cam_class)
     torch.testing.assert_close(layer, torch.from_numpy(theirs), atol=1e-6, rtol=0)
 
 
+# Explainers of one kind of model, and the message they refuse others with (ViTs: tests/test_own_model.py).
+ONLY_FOR = {"attention": (("ca_stream", "intr"), "has no attention of its own"),
+            "attention_rollout": ((), "needs a timm vision transformer")}
+
+
 @pytest.mark.parametrize("family", ["cnn", "ca_stream", "intr"])
 def test_every_explainer_gives_finite_non_negative_maps(models, images, family):
     model = models[family]
     for name in xbench_explainers():
-        if name == "attention" and family == "cnn":
-            with pytest.raises(ValueError, match="has no attention of its own"):
+        if name in ONLY_FOR and family not in ONLY_FOR[name][0]:
+            with pytest.raises(ValueError, match=ONLY_FOR[name][1]):
                 xbench.build_explainer(name, model)
             continue
         maps = xbench.build_explainer(name, model, **FAST.get(name, {}))(images, [0, 1, 4])
@@ -80,7 +85,7 @@ def test_each_map_is_the_same_alone_and_in_a_mixed_batch(models, images, family)
     images = images.double()
     targets = torch.tensor([3, 1, 1])
     for name in xbench_explainers():
-        if name == "attention" and family == "cnn":
+        if name in ONLY_FOR and family not in ONLY_FOR[name][0]:
             continue
         explainer = xbench.build_explainer(name, model, **FAST.get(name, {}))
         batch = explainer(images, targets)

@@ -7,6 +7,8 @@ Public API::
     model, info = xbench.load_model("runs/cub/intr/best.pt", expect="intr")   # any checkpoint file
     explainer = xbench.build_explainer("gradcam", model, **overrides)
     maps = explainer(images, targets)        # (B, h, w) float, >= 0
+    result = xbench.evaluate_model(model, images, labels, methods=["gradcam", "rise"])   # any nn.Module
+    result.rows, result.leaderboard()
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .registry import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "build_model", "load_model", "build_explainer", "list_models", "list_explainers", "list_metrics", "list_datasets",
+    "build_model", "load_model", "build_explainer", "evaluate_model", "list_models", "list_explainers", "list_metrics", "list_datasets",
     "register_model", "register_explainer", "register_metric", "register_dataset", "__version__",
 ]
 
@@ -70,3 +72,11 @@ def build_explainer(name: str, model, **overrides: Any):
     entry = EXPLAINERS.get(name)
     check_builder_options(entry.factory, {"model": model, **overrides}, section=f"explainer {name}")
     return entry.factory(model=model, **overrides)
+
+
+def evaluate_model(model, data, labels=None, **options: Any):
+    """Score the explanations of an `nn.Module` on in-memory data through the engine's per-batch code;
+    returns an EvaluationResult (`.rows`, `.leaderboard()`). See xbench.engine.in_memory.evaluate_model."""
+    from .engine.in_memory import evaluate_model as evaluate
+
+    return evaluate(model, data, labels, **options)

@@ -275,7 +275,7 @@ def explain_cmd(
     model = parse_methods([method])[0].model
     path = checkpoint or checkpoint_path(cfg, model)
     result = explain_image(method, image, path, top_k=top_k, target=target,
-                           options=cfg.evaluate.explainers.get(method.split("@")[0]))
+                           options=cfg.evaluate.explainers.get(method.split("@")[0]), config=cfg)
     explanation_figure(result, out)
     for name, prob in result.top_k:
         typer.echo(f"{prob:7.3f}  {name}")

@@ -22,6 +22,10 @@ import yaml
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The colour perturbations put in place of removed pixels (deletion, RISE, blur padding, attribution
+# baselines): ImageNet's mean colour in pixel space, which is what the published protocols use (zeros
+# after ImageNet normalisation).
+SUBSTRATE = IMAGENET_MEAN
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,10 @@ Expected under dataset.root::
       val/<image>.xml | val_annotations/<image>.xml   per-image PASCAL-VOC XML
     val/<wnid>/<image>.JPEG               or per-class folders (boxes from XML next to images)
     LOC_synset_mapping.txt (optional)     "<wnid> <description>", fixes the class order
+
+The classes are those of LOC_synset_mapping.txt, else train/'s folders, else (a few photos to
+evaluate a pretrained model on) the split's own per-class folders; evaluation maps them to a
+model's outputs by WordNet id or name.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ from .base import DatasetError, ImageDataset, Problem, Record, read_table, scan_
 LAYOUT = __doc__[__doc__.index("Expected"):]
 
 
-def _classes(root: Path) -> list[str]:
+def _classes(root: Path, split: str) -> list[str]:
     mapping = root / "LOC_synset_mapping.txt"
     if mapping.is_file():
         return [row[0] for row in read_table(mapping, 2, rest=True)]
-    train = root / "train"
-    if train.is_dir():
-        return sorted(p.name for p in train.iterdir() if p.is_dir())
-    raise DatasetError(f"cannot find the class list: neither {mapping} nor {train} exists.\n{LAYOUT}")
+    for folder in (root / "train", root / split):
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        if found:
+            return found
+    raise DatasetError(f"cannot find the class list: no {mapping}, and neither {root / 'train'} nor {root / split} "
+                       f"has class folders.\n{LAYOUT}")
 
 
 def _xml_objects(path: Path) -> list[tuple[str, list[float]]]:
@@ -68,14 +74,14 @@ def read_imagenet(root: Path, split: str, transform=None, cache_images: bool = F
     folder = root / split
     if not folder.is_dir():
         raise DatasetError(f"split folder {folder} not found.\n{LAYOUT}")
-    classes = _classes(root)
+    classes = _classes(root, split)
     index = {wnid: i for i, wnid in enumerate(classes)}
     records: list[Record] = []
     problems: list[Problem] = []
     per_class = any(p.is_dir() for p in folder.iterdir())
     solution = _solution_csv(root / "LOC_val_solution.csv") if (root / "LOC_val_solution.csv").is_file() else {}
     images, others = scan_images(folder)
-    problems.extend(others)
+    problems.extend(o for o in others if not o.path.endswith(".xml"))  # per-image box files belong here
     for path in images:
         objects = solution.get(path.stem)
         if objects is None:

@@ -110,3 +110,13 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Raw pixel space in [0, 1] -> normalised."""
     m, s = _stats(mean, std, images)
     return (images - m) / s
+
+
+def pixel_colour(colour, mean, std, like: torch.Tensor) -> torch.Tensor:
+    """A pixel-space colour (3 values in [0, 1], or one grey value) as the images' normalised values,
+    shaped to broadcast over `like` ((1,3,1,1) or (3,1,1)): how every perturbation substrate is set,
+    so that a score does not depend on where a model normalises its input."""
+    values = torch.as_tensor(colour, dtype=like.dtype, device=like.device).reshape(-1).expand(3)
+    m, s = _stats(mean, std, like)
+    shape = (1, -1, 1, 1) if like.dim() == 4 else (-1, 1, 1)
+    return (values.view(shape) - m) / s

@@ -128,10 +128,10 @@ class Evaluator:
             if len(batch["label"]):
                 self.scorer.score(batch, rows, curves, self.artefacts)
             bar.update(len(batch["label"]) + len(batch["skipped"]))
-        self.store.write_shard(shard, rows, _stack_curves(curves), self.artefacts.take(), skipped)
+        self.store.write_shard(shard, rows, stack_curves(curves), self.artefacts.take(), skipped)
 
 
-def _stack_curves(curves: dict[str, list]) -> dict[str, np.ndarray]:
+def stack_curves(curves: dict[str, list]) -> dict[str, np.ndarray]:
     """name -> (rows, ...) arrays plus name + '.row' (the CSV row of each); ragged curves are
     resampled to 101 points (variable image sizes)."""
     out = {}

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .. import build_explainer
-from ..config import config_from_dict
+from ..config import Config, config_from_dict
 from ..datasets import build_transform, load_rgb
 from ..datasets.transforms import as_tv_sample, denormalise
+from ..methods.classes import model_classes
 from ..methods.loading import load_model
 from ..metrics.saliency import rescale_maps
 from .methods import has_head_maps, parse_methods
@@ -35,14 +36,25 @@ class Explanation:
 
 
 def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k: int = 5, target: int | None = None,
-                  options: dict | None = None) -> Explanation:
+                  options: dict | None = None, config: Config | None = None) -> Explanation:
     """Predict `image` with the checkpoint's model and explain `target` (default: the top class) with
-    `method` (explainer@model, or a short form); the image goes through the checkpoint's eval transform."""
+    `method` (explainer@model, or a short form).
+
+    An xbench checkpoint brings its eval transform and class names. For a plain weight file `config`
+    gives the architecture (model.*), the class names (evaluate.class_names, else ImageNet's for 1000
+    outputs) and the transform (dataset.*; the image size defaults to the architecture's own)."""
     spec = parse_methods([method])[0]
-    model, info = load_model(checkpoint, expect=spec.model)
+    given = config or Config()
+    model_options = dict(given.model.options) if given.model.name == spec.model else {}
+    model, info = load_model(checkpoint, expect=spec.model, options=model_options,
+                             pinned={k for k in model_options if given.is_explicit(f"model.{k}")})
     model.eval()
-    cfg = config_from_dict(info.get("config") or {})
-    names = info.get("class_names") or [str(i) for i in range(info["num_classes"])]
+    cfg = config_from_dict(info["config"]) if info.get("config") else given
+    if not info.get("config") and not given.is_explicit("dataset.image_size"):
+        cfg.dataset.image_size = _native_size(model, cfg.dataset.image_size)
+    classes = model_classes(int(info["num_classes"]), info.get("class_names"),
+                            given.evaluate.class_names.get(spec.model), origin=str(checkpoint))
+    names = classes.names if classes else [str(i) for i in range(info["num_classes"])]
     transform = build_transform(cfg.dataset.eval_transform, cfg.dataset.image_size, False, cfg.dataset.mean,
                                 cfg.dataset.std)
     pixels = torch.from_numpy(load_rgb(image)).permute(2, 0, 1)
@@ -62,3 +74,9 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
             heads = model.attention_maps(batch, top.indices[None])[0].numpy()
     ranked = [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())]
     return Explanation(raw, saliency, ranked, names[target], spec.label, heads)
+
+
+def _native_size(model: torch.nn.Module, default: int) -> int:
+    """The input side an architecture was designed for (timm's pretrained_cfg), else 224 for ImageNet-size heads."""
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    return int(size[-1]) if size else 224 if getattr(model, "num_classes", 0) == 1000 else default

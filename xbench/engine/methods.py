@@ -100,6 +100,12 @@ class EvaluatedModel:
                 if config else None}
 
 
+def ready_for_scoring(model: nn.Module, device) -> nn.Module:
+    """`model` in eval mode on `device` with channels_last weights (convolutions run faster in NHWC on
+    CPU and CUDA alike), as every scored model is: the same numbers from the CLI and the Python API."""
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -122,9 +128,7 @@ def load_evaluated_model(cfg: Config, name: str, device) -> EvaluatedModel:
     module, info = load_model(path, expect=name, options=options, pinned=pinned)
     classes = model_classes(int(info["num_classes"]), info.get("class_names"), cfg.evaluate.class_names.get(name),
                             origin=f"{name} ({path})")
-    # channels_last weights: convolutions run faster in NHWC on CPU and CUDA alike (they convert inputs)
-    module = module.to(device, memory_format=torch.channels_last).eval()
-    return EvaluatedModel(name, module, path, info, file_sha256(path), classes)
+    return EvaluatedModel(name, ready_for_scoring(module, device), path, info, file_sha256(path), classes)
 
 
 def adopt_normalisation(cfg: Config, models: list[EvaluatedModel]) -> None:

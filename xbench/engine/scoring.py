@@ -20,7 +20,7 @@ from ..metrics.accuracy import accuracy_topk
 from ..metrics.forward import chunk_size
 from ..metrics.perturbation import PROTOCOLS
 from ..metrics.saliency import prepare, with_nan_rows
-from ..registry import METRICS
+from ..registry import EXPLAINERS, METRICS
 from .artefacts import FigureArtefacts
 from .methods import Method
 
@@ -45,6 +45,12 @@ def resolve_target(protocol: str, target: str | None) -> str:
     if target not in ("gt", "pred"):
         raise ValueError(f"evaluate.target must be gt or pred, got {target!r}")
     return target
+
+
+def _accepted(explainer: str, options: dict) -> dict:
+    """The `options` that explainer's factory takes by name."""
+    parameters = inspect.signature(EXPLAINERS.get(explainer).factory).parameters
+    return {k: v for k, v in options.items() if k in parameters}
 
 
 @dataclass
@@ -93,7 +99,11 @@ class BatchScorer:
         self.target, self.protocol, self.mean, self.std = target, protocol, mean, std
         self.device, self.memory_budget_mb, self.tags = device, memory_budget_mb, dict(tags or {})
         options = explainer_options or {}
-        self.options = {m.label: {**options.get(m.explainer, {}), **options.get(m.label, {})} for m in methods}
+        # What every explainer that takes them gets from the run unless the user sets them: the images'
+        # normalisation (pixel-space substrates and baselines) and the memory budget.
+        context = {"mean": tuple(mean), "std": tuple(std), "memory_budget_mb": memory_budget_mb}
+        self.options = {m.label: {**_accepted(m.explainer, context), **options.get(m.explainer, {}),
+                                  **options.get(m.label, {})} for m in methods}
         self.takes_pad_mask = {n: "pad_mask" in inspect.signature(m.forward).parameters for n, m in models.items()}
         self.explainers = {m.label: build_explainer(m.explainer, models[m.model], **self.options[m.label])
                            for m in methods}
@@ -128,6 +138,8 @@ class BatchScorer:
             probs = logits.softmax(-1)
             pred = logits.argmax(1)
             labels = self.label_maps[model_name][shared.labels] if model_name in self.label_maps else shared.labels
+            if self.target == "gt" and bool((labels < 0).any()):
+                raise ValueError("some samples have no label (-1): explain the predicted class (target pred)")
             targets = labels if self.target == "gt" else pred
             run = _ModelRun(model, labels, targets, probs.gather(1, targets[:, None])[:, 0], pred,
                             accuracy_topk(logits, labels), chunk_size(model, images[0], self.memory_budget_mb))
@@ -158,14 +170,16 @@ class BatchScorer:
                                   for k, v in out.curves.items()})
         first_row = len(rows)
         names = self.class_names.get(method.model)
+        known = (run.labels >= 0).tolist()  # label -1: an unlabelled sample, whose accuracy is unknown
         for i, idx in enumerate(shared.index):
             row = {**self.tags, "index": idx, "method": method.label, "model": method.model,
                    "explainer": method.explainer, "target_kind": self.target, "target": int(run.targets[i]),
                    "label": int(run.labels[i]), "prediction": int(run.pred[i]),
-                   "acc1": bool(run.accuracy["acc1"][i]), "acc5": bool(run.accuracy["acc5"][i]),
+                   "acc1": bool(run.accuracy["acc1"][i]) if known[i] else float("nan"),
+                   "acc5": bool(run.accuracy["acc5"][i]) if known[i] else float("nan"),
                    "prob": float(run.original[i]), "degenerate": bool(prepared.degenerate[i]),
                    "nonfinite": bool(prepared.nonfinite[i])}
-            if self.data_classes is not None:
+            if self.data_classes is not None and known[i]:
                 row["label_name"] = self.data_classes[int(shared.labels[i])]
             if names is not None:
                 row["prediction_name"] = names[int(run.pred[i])]

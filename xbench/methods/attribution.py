@@ -1,9 +1,12 @@
 """Input attributions from captum, reduced to one map per image.
 
 Reduction rule: the map is the sum over colour channels of the attribution's absolute value,
-(B, 3, H, W) -> (B, H, W). Baselines are values in normalised input space (0.0 is the dataset
-mean colour). Stochastic methods (smoothgrad, gradient_shap) draw their noise from `seed` for
-each image on its own, so an image's map does not depend on the rest of its batch.
+(B, 3, H, W) -> (B, H, W). Baselines are pixel-space colours (default ImageNet's mean colour,
+zeros after ImageNet normalisation), turned into input values with `mean`/`std`, the images'
+normalisation, so a map does not depend on where the model normalises. Forward/backward batches
+are sized to `memory_budget_mb` unless given. Stochastic methods (smoothgrad, gradient_shap) draw
+their noise from `seed` for each image on its own, so an image's map does not depend on the rest
+of its batch.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import torch
 from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 from torch import nn
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
+from ..datasets.transforms import pixel_colour
+from ..metrics.forward import chunk_size
 from ..registry import register_explainer
 from .explainer import Explainer
 
@@ -28,6 +34,17 @@ def channel_abs_sum(attributions: torch.Tensor) -> torch.Tensor:
 
 class CaptumExplainer(Explainer):
     """Runs `attribute(images, targets)` with gradients on, reduces channels."""
+
+    def __init__(self, model: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, memory_budget_mb: float = 1024):
+        super().__init__(model)
+        self.mean, self.std, self.memory_budget_mb = mean, std, memory_budget_mb
+
+    def colour(self, colour, images: torch.Tensor) -> torch.Tensor:
+        """A pixel-space colour as a (1, 3, 1, 1) input-space baseline for `images`."""
+        return pixel_colour(colour, self.mean, self.std, images)
+
+    def images_per_pass(self, images: torch.Tensor, backward: bool) -> int:
+        return chunk_size(self.model, images[0].detach(), self.memory_budget_mb, backward=backward)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -55,8 +72,9 @@ def _seeded(seed: int, device: torch.device):
 class SeededPerImage(CaptumExplainer):
     """For stochastic methods: each image alone, its noise drawn from `seed`."""
 
-    def __init__(self, model: nn.Module, seed: int = 0):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 memory_budget_mb: float = 1024):
+        super().__init__(model, mean, std, memory_budget_mb)
         self.seed = seed
 
     def attribute_one(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -85,62 +103,72 @@ class InputXGradientExplainer(CaptumExplainer):
 @register_explainer("integrated_gradients", description="Integrated Gradients from a constant baseline",
                     models=ANY_MODEL)
 class IntegratedGradientsExplainer(CaptumExplainer):
-    """`steps` Gauss-Legendre points from `baseline`; `internal_batch_size` bounds one forward pass."""
+    """`steps` Gauss-Legendre points from the `baseline` colour; `internal_batch_size` scaled images per
+    forward/backward pass (default: as many as `memory_budget_mb` holds)."""
 
-    def __init__(self, model: nn.Module, steps: int = 32, baseline: float = 0.0, internal_batch_size: int = 64):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, steps: int = 32, baseline=SUBSTRATE, internal_batch_size: int | None = None,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, memory_budget_mb: float = 1024):
+        super().__init__(model, mean, std, memory_budget_mb)
         self.steps, self.baseline, self.internal_batch_size = steps, baseline, internal_batch_size
 
     def attribute(self, images, targets):
         return IntegratedGradients(self.model).attribute(
-            images, baselines=self.baseline, target=targets, n_steps=self.steps,
-            internal_batch_size=self.internal_batch_size)
+            images, baselines=self.colour(self.baseline, images), target=targets, n_steps=self.steps,
+            internal_batch_size=self.internal_batch_size or self.images_per_pass(images, backward=True))
 
 
 @register_explainer("smoothgrad", description="SmoothGrad: saliency averaged over noisy copies", models=ANY_MODEL)
 class SmoothGradExplainer(SeededPerImage):
     """`samples` noisy copies with std `noise` x (max - min) of the image (Smilkov et al. 2017)."""
 
-    def __init__(self, model: nn.Module, samples: int = 16, noise: float = 0.15, seed: int = 0):
-        super().__init__(model, seed)
+    def __init__(self, model: nn.Module, samples: int = 16, noise: float = 0.15, seed: int = 0, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, memory_budget_mb: float = 1024):
+        super().__init__(model, seed, mean, std, memory_budget_mb)
         self.samples, self.noise = samples, noise
 
     def attribute_one(self, image, target):
         std = self.noise * float(image.detach().max() - image.detach().min())
+        per_pass = min(self.samples, self.images_per_pass(image, backward=True))
         return NoiseTunnel(Saliency(self.model)).attribute(
-            image, nt_type="smoothgrad", nt_samples=self.samples, nt_samples_batch_size=self.samples,
+            image, nt_type="smoothgrad", nt_samples=self.samples, nt_samples_batch_size=per_pass,
             stdevs=std, target=target)
 
 
 @register_explainer("occlusion", description="occlusion: score change under a sliding grey window",
                     models=ANY_MODEL)
 class OcclusionExplainer(CaptumExplainer):
-    """A `window` x `window` patch moved by `stride`, filled with `baseline` (normalised space)."""
+    """A `window` x `window` patch moved by `stride`, filled with the `baseline` colour; each forward
+    pass holds `perturbations_per_eval` occluded copies of the batch (default: what the budget holds)."""
 
-    def __init__(self, model: nn.Module, window: int = 16, stride: int = 8, baseline: float = 0.0,
-                 perturbations_per_eval: int = 32):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, window: int = 16, stride: int = 8, baseline=SUBSTRATE,
+                 perturbations_per_eval: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 memory_budget_mb: float = 1024):
+        super().__init__(model, mean, std, memory_budget_mb)
         self.window, self.stride, self.baseline = window, stride, baseline
         self.perturbations_per_eval = perturbations_per_eval
 
     def attribute(self, images, targets):
+        per_eval = self.perturbations_per_eval or max(1, self.images_per_pass(images, backward=False) // len(images))
         with torch.no_grad():
             return Occlusion(self.model).attribute(
                 images, sliding_window_shapes=(images.shape[1], self.window, self.window),
-                strides=(images.shape[1], self.stride, self.stride), baselines=self.baseline, target=targets,
-                perturbations_per_eval=self.perturbations_per_eval)
+                strides=(images.shape[1], self.stride, self.stride),
+                baselines=self.colour(self.baseline, images).expand_as(images), target=targets,
+                perturbations_per_eval=per_eval)
 
 
 @register_explainer("gradient_shap", description="GradientSHAP: expected gradients from noisy baselines",
                     models=ANY_MODEL)
 class GradientShapExplainer(SeededPerImage):
-    """Baselines: the constant `baseline` image plus `baseline_noise` Gaussian noise, `samples` draws."""
+    """Baselines: the `baseline` colour plus Gaussian noise of std `baseline_noise` (in normalised
+    units), 4 of them; `samples` draws."""
 
-    def __init__(self, model: nn.Module, samples: int = 16, baseline: float = 0.0, baseline_noise: float = 1.0,
-                 seed: int = 0):
-        super().__init__(model, seed)
+    def __init__(self, model: nn.Module, samples: int = 16, baseline=SUBSTRATE, baseline_noise: float = 1.0,
+                 seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, memory_budget_mb: float = 1024):
+        super().__init__(model, seed, mean, std, memory_budget_mb)
         self.samples, self.baseline, self.baseline_noise = samples, baseline, baseline_noise
 
     def attribute_one(self, image, target):
-        baselines = self.baseline + self.baseline_noise * torch.randn(4, *image.shape[1:], device=image.device)
+        noise = self.baseline_noise * torch.randn(4, *image.shape[1:], device=image.device)
+        baselines = self.colour(self.baseline, image) + noise
         return GradientShap(self.model).attribute(image, baselines=baselines, n_samples=self.samples, target=target)

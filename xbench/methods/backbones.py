@@ -175,10 +175,18 @@ def check_input_size(images: torch.Tensor, minimum: int, what: str) -> None:
 
 
 def default_cam_layer(model: nn.Module) -> nn.Module:
-    """The layer CAMs use by default: a model's own choice, else the last block of a known CNN."""
+    """The layer CAMs use by default: a model's own choice, else by family — a vision transformer's
+    last block's first norm (its output still depends on every patch token), a Swin's final norm (the
+    features its head pools), a CNN's last stage."""
     if hasattr(model, "cam_target_layer"):
         return model.cam_target_layer()
-    for attr in ("layer4", "stages", "features", "blocks"):
+    if is_timm_vit(model):
+        return model.blocks[-1].norm1
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return model.encoder.layers[-1].ln_1
+    if _is_swin(model):
+        return model.norm
+    for attr in ("layer4", "stages", "layers", "features", "blocks"):
         layer = getattr(model, attr, None)
         if layer is not None:
             return layer[-1] if isinstance(layer, (nn.Sequential, nn.ModuleList)) else layer
@@ -186,3 +194,57 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
         f"xbench does not know the last convolutional block of {type(model).__name__}; "
         'pass target_layer="<dotted.path>" (e.g. target_layer="layer4.1")'
     )
+
+
+# How a CAM layer's activations are laid out, and what turns them into (B, C, h, w).
+LAYOUTS = ("nchw", "nhwc", "tokens")
+
+
+def default_layout(model: nn.Module) -> str:
+    """'tokens' for vision transformers ((B, N, C) with prefix tokens), 'nhwc' for Swin, else 'nchw'."""
+    if is_timm_vit(model) or isinstance(model, torchvision.models.VisionTransformer):
+        return "tokens"
+    if _is_swin(model):
+        return "nhwc"
+    return "nchw"
+
+
+def layout_to_nchw(layout: str, model: nn.Module, image_size: tuple[int, int]):
+    """The callable grad-cam applies to a layer's activations (and gradients) to get (B, C, h, w),
+    or None for 'nchw'. 'tokens' drops the class/distillation/register tokens and lays the patch
+    tokens on the patch grid of an image of `image_size`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"reshape_transform must be one of {', '.join(LAYOUTS)} (or auto), got {layout!r}")
+    if layout == "nchw":
+        return None
+    if layout == "nhwc":
+        return lambda x: x.permute(0, 3, 1, 2)
+    prefix, (ph, pw) = token_layout(model)
+    grid = (image_size[0] // ph, image_size[1] // pw)
+
+    def tokens_to_grid(x: torch.Tensor) -> torch.Tensor:
+        patches = x[:, prefix:]
+        if patches.shape[1] != grid[0] * grid[1]:
+            raise ValueError(f"{patches.shape[1]} patch tokens do not fill a {grid[0]}x{grid[1]} grid")
+        return patches.reshape(x.shape[0], grid[0], grid[1], x.shape[-1]).permute(0, 3, 1, 2)
+
+    return tokens_to_grid
+
+
+def token_layout(model: nn.Module) -> tuple[int, tuple[int, int]]:
+    """(number of prefix tokens before the patch tokens, patch size (h, w)) of a vision transformer."""
+    if is_timm_vit(model):
+        return int(model.num_prefix_tokens), tuple(model.patch_embed.patch_size)
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return 1, (model.patch_size, model.patch_size)
+    raise ValueError(f"{type(model).__name__} is not a vision transformer xbench knows (timm or torchvision ViT)")
+
+
+def _is_swin(model: nn.Module) -> bool:
+    """timm's Swin (v1, v2) and torchvision's: their stages and final norm keep (B, H, W, C)."""
+    return type(model).__name__.startswith("SwinTransformer") and hasattr(model, "norm")
+
+
+def is_timm_vit(model: nn.Module) -> bool:
+    """timm's VisionTransformer and its relatives (DeiT, ViTs with register tokens, ...)."""
+    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens"))

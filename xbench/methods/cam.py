@@ -2,9 +2,12 @@
 
 The maps are the library's own (ReLU, upsampled to the image, min-max scaled per image).
 Each model family knows its target layer (`default_cam_layer`: ResNet layer4's last block,
-ConvNeXt's last stage, CA-Stream's backbone block so gradients flow through the stream,
-INTR's backbone layer4); ``target_layer="dotted.path"`` overrides it. The library's hooks
-are released after every call (the CAM object is used as a context manager).
+ConvNeXt's and Swin's last stage, a vision transformer's last block's first norm, CA-Stream's
+backbone block so gradients flow through the stream, INTR's backbone layer4) and how that
+layer's activations lie (`default_layout`: NCHW, NHWC for Swin, tokens for ViTs, whose class
+and register tokens are dropped and patch tokens laid on the patch grid). ``target_layer=
+"dotted.path"`` and ``reshape_transform="nchw" | "nhwc" | "tokens"`` override them. The
+library's hooks are released after every call (the CAM object is used as a context manager).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ..registry import register_explainer
-from .backbones import default_cam_layer
+from .backbones import LAYOUTS, default_cam_layer, default_layout, layout_to_nchw
 from .explainer import Explainer
 
 ANY_MODEL = "any CNN-backed model (cnn, ca_stream, intr, icn, or target_layer=...)"
@@ -54,21 +57,28 @@ def _quiet_library_progress():
 class CAMExplainer(Explainer):
     """Runs `cam_class` on `target_layer` for each image's target class.
 
-    `batch_size` bounds the forward passes ScoreCAM and AblationCAM make per chunk.
+    `batch_size` bounds the forward passes ScoreCAM and AblationCAM make per chunk;
+    `reshape_transform` says how the layer's activations lie (auto: from the model's family).
     """
 
     cam_class: type = gc.GradCAM
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None, batch_size: int = 32):
+    def __init__(self, model: nn.Module, target_layer: str | None = None, batch_size: int = 32,
+                 reshape_transform: str = "auto"):
         super().__init__(model)
         self.layer = resolve_layer(model, target_layer)
         self.batch_size = batch_size
+        self.layout = default_layout(model) if reshape_transform == "auto" else reshape_transform
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"reshape_transform must be auto, {', '.join(LAYOUTS)}; got {reshape_transform!r}")
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Inputs that require grad make the target layer's output require grad even when the
         # backbone's parameters are frozen (CA-Stream, frozen INTR backbones).
         images = images.detach().clone().requires_grad_(True)
-        with torch.enable_grad(), _quiet_library_progress(), self.cam_class(self.model, [self.layer]) as cam:
+        reshape = layout_to_nchw(self.layout, self.model, tuple(images.shape[-2:]))
+        with (torch.enable_grad(), _quiet_library_progress(),
+              self.cam_class(self.model, [self.layer], reshape_transform=reshape) as cam):
             cam.batch_size = self.batch_size
             maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
         self.model.zero_grad(set_to_none=True)

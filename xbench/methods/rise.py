@@ -4,8 +4,10 @@ Saliency of image b for class t: sum_m p_t(I_b * M_m) M_m / (N p), over N random
 binary `grid` x `grid` cells kept with probability `p`, upsampled bilinearly to (grid+1)
 cells and shifted randomly by less than a cell. Masks are drawn once per (seed, image size),
 shared by every image, and built chunk by chunk; the masked images go through the model in
-chunks sized by `memory_budget_mb` (or `batch_size`). Masking multiplies the normalised image,
-so a masked pixel takes the dataset mean colour.
+chunks sized by `memory_budget_mb` (or `batch_size`). A masked pixel takes the `substrate`
+colour, defined in pixel space (default ImageNet's mean colour: zeros after ImageNet
+normalisation, as in the original code), so `mean`/`std` (the images' normalisation) decide
+its normalised value and the map does not depend on where the model normalises.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
+from ..datasets.transforms import pixel_colour
 from ..metrics.forward import chunk_size, target_probabilities
 from ..registry import register_explainer
 from .explainer import Explainer
@@ -43,10 +47,12 @@ class RISEMasks:
 @register_explainer("rise", description="RISE: saliency from random masks, batched", models="any classifier")
 class RISEExplainer(Explainer):
     def __init__(self, model: nn.Module, masks: int = 2000, grid: int = 7, p: float = 0.5, seed: int = 0,
-                 batch_size: int | None = None, memory_budget_mb: float = 1024):
+                 batch_size: int | None = None, memory_budget_mb: float = 1024, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, substrate=SUBSTRATE):
         super().__init__(model)
         self.count, self.grid, self.p, self.seed = masks, grid, p, seed
         self.batch_size, self.memory_budget_mb = batch_size, memory_budget_mb
+        self.mean, self.std, self.substrate = mean, std, substrate
         self._masks: dict[tuple[int, int], RISEMasks] = {}
 
     def masks_for(self, height: int, width: int) -> RISEMasks:
@@ -60,11 +66,12 @@ class RISEExplainer(Explainer):
         b, _, h, w = images.shape
         masks, n, device = self.masks_for(h, w), self.count, images.device
         chunk = self.batch_size or chunk_size(self.model, images[0], self.memory_budget_mb)
+        fill = pixel_colour(self.substrate, self.mean, self.std, images)
 
         def build(start, end):  # item j is mask j // b applied to image j % b
             items = torch.arange(start, end)
             image_of = (items % b).to(device)
-            return images[image_of] * masks.get(items // b, device)[:, None], targets[image_of]
+            return fill + (images[image_of] - fill) * masks.get(items // b, device)[:, None], targets[image_of]
 
         probs = target_probabilities(self.model, build, n * b, chunk).view(n, b)
         saliency = torch.zeros(b, h * w, device=device)

@@ -4,10 +4,10 @@ Functional API (every function scores each image on its own, so values never dep
 the rest of the batch)::
 
     accuracy_topk(logits, labels, ks=(1, 5))
-    insertion_deletion(model, images, saliency, targets, step=..., blur=(11, 5.0), batch_size=...)
+    insertion_deletion(model, images, saliency, targets, step=..., mean=..., std=..., batch_size=...)
     average_drop_gain(model, images, saliency, targets, mean, std)
-    pointing_game(saliency, region), energy_pointing_game(saliency, boxes_or_region),
-    mass_accuracy(saliency, region), rank_accuracy(saliency, region), max_box_accuracy(saliency, boxes)
+    pointing_game(saliency, region), energy_pointing_game(saliency, boxes_or_region, image_size=...),
+    mass_accuracy(saliency, region), rank_accuracy(saliency, region), max_box_accuracy(saliency, boxes, image_size=...)
     sparseness(saliency), complexity(saliency), parameter_randomisation(maps_trained, maps_random)
 
 A registered scorer takes a `MetricInput` (one batch of one method) and returns per-sample
@@ -90,7 +90,8 @@ def column(direction: str, aggregate: str = "mean", *, percent: bool = True, cur
                  description="insertion (up) and deletion (down) AUCs, RISE-style",
                  columns={"insertion": column("higher"), "deletion": column("lower")})
 def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
-    r = insertion_deletion(inp.model, inp.images, inp.maps, inp.targets, step=inp.step, batch_size=inp.chunk)
+    r = insertion_deletion(inp.model, inp.images, inp.maps, inp.targets, step=inp.step, batch_size=inp.chunk,
+                           mean=inp.mean, std=inp.std)
     return MetricOutput({"insertion": r["insertion"], "deletion": r["deletion"]},
                         {"insertion_curve": r["insertion_curve"], "deletion_curve": r["deletion_curve"]})
 
@@ -149,7 +150,7 @@ def score_rank_accuracy(inp: MetricInput) -> MetricOutput:
 def score_max_box_accuracy(inp: MetricInput) -> MetricOutput:
     if inp.boxes is None:
         return MetricOutput()
-    hits = max_box_accuracy(inp.maps, inp.boxes)
+    hits = max_box_accuracy(inp.maps, inp.boxes, image_size=tuple(inp.images.shape[-2:]))
     return MetricOutput(curves={"box_hits_v1": hits["v1"], "box_hits_v2": hits["v2"]})
 
 

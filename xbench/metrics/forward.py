@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 # CPU: bytes of activations per input byte for a CNN forward pass in inference (a generous
-# estimate for ResNets); CUDA measures instead with a probe batch.
+# estimate for ResNets); a pass that also goes backward keeps every activation and its gradient.
+# CUDA measures instead with a probe batch.
 CPU_ACTIVATION_FACTOR = 40
+CPU_BACKWARD_FACTOR = 4
 MAX_CHUNK = 512
 
 
@@ -32,19 +34,27 @@ def perturbation_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def chunk_size(model: nn.Module, sample: torch.Tensor, budget_mb: float) -> int:
-    """How many images like `sample` (3, H, W) fit one forward pass within `budget_mb`."""
+def chunk_size(model: nn.Module, sample: torch.Tensor, budget_mb: float, backward: bool = False) -> int:
+    """How many images like `sample` (3, H, W) fit one forward pass (with `backward`: a forward and
+    backward pass, as gradient attributions make) within `budget_mb`."""
     budget = budget_mb * 2**20
     if sample.is_cuda:
         probe = 4
         torch.cuda.synchronize(sample.device)
         base = torch.cuda.memory_allocated(sample.device)
         torch.cuda.reset_peak_memory_stats(sample.device)
-        with torch.no_grad(), torch.autocast("cuda", dtype=perturbation_dtype(sample.device)):
-            model(sample[None].expand(probe, *sample.shape).contiguous())
+        batch = sample[None].expand(probe, *sample.shape).contiguous().requires_grad_(backward)
+        with torch.set_grad_enabled(backward):
+            if backward:
+                model(batch).float().sum().backward()
+                model.zero_grad(set_to_none=True)
+            else:
+                with torch.autocast("cuda", dtype=perturbation_dtype(sample.device)):
+                    model(batch)
         per_image = max(1, (torch.cuda.max_memory_allocated(sample.device) - base) / probe)
     else:
         per_image = sample.numel() * sample.element_size() * CPU_ACTIVATION_FACTOR
+        per_image *= CPU_BACKWARD_FACTOR if backward else 1
     return int(max(1, min(MAX_CHUNK, budget // per_image)))
 
 

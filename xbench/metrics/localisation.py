@@ -76,10 +76,26 @@ def mass_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
 
 
-def energy_pointing_game(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """(B,) share of saliency inside the region; `region` may be boxes (B, K, 4) or a mask."""
+def box_frame(saliency: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The (H, W) the boxes are in: `image_size`, else the map's own size, which must then hold them
+    (a low-resolution map scored against image-pixel boxes would silently score nothing)."""
+    if image_size is not None:
+        return int(image_size[0]), int(image_size[1])
+    h, w = saliency.shape[-2:]
+    finite = boxes[~torch.isnan(boxes[..., 0])]
+    if len(finite) and (float(finite[:, 2].max()) > w + 1 or float(finite[:, 3].max()) > h + 1):
+        raise ValueError(f"the boxes reach x={float(finite[:, 2].max()):.0f}, y={float(finite[:, 3].max()):.0f} "
+                         f"but the saliency is {h}x{w}: pass image_size=(H, W), the size of the image the boxes "
+                         "are in, and the map is upsampled to it")
+    return h, w
+
+
+def energy_pointing_game(saliency: torch.Tensor, region: torch.Tensor,
+                         image_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B,) share of saliency inside the region; `region` may be boxes (B, K, 4) in the pixels of an
+    image of `image_size` (default: the map's size), or a mask (B, H, W) the map is upsampled to."""
     if region.dim() == 3 and region.shape[-1] == 4 and region.is_floating_point():
-        region = boxes_to_mask(region, tuple(saliency.shape[-2:]))
+        region = boxes_to_mask(region, box_frame(saliency, region, image_size))
     return mass_accuracy(saliency, region)
 
 
@@ -107,13 +123,14 @@ def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
 
 
 def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
-                     thresholds: np.ndarray = THRESHOLDS, deltas: tuple[float, ...] = IOU_DELTAS) -> dict:
+                     thresholds: np.ndarray = THRESHOLDS, deltas: tuple[float, ...] = IOU_DELTAS,
+                     image_size: tuple[int, int] | None = None) -> dict:
     """Per-sample box hits: 'v1' (B, T) at delta 0.5 (largest component), 'v2' (B, T, D) (any component).
 
-    boxes (B, K, 4) xyxy in image pixels, NaN rows for padding; saliency is upsampled to the
-    image size given by the boxes' frame, i.e. the saliency's own size when it is already there.
+    boxes (B, K, 4) xyxy in the pixels of an image of `image_size` (default: the map's size), NaN rows
+    for padding; the saliency is upsampled to that size first.
     """
-    maps = rescale_maps(saliency, tuple(saliency.shape[-2:])).cpu().numpy()
+    maps = rescale_maps(saliency, box_frame(saliency, boxes, image_size)).cpu().numpy()
     gts_all = boxes.detach().cpu().numpy()
     b = maps.shape[0]
     v1 = np.zeros((b, len(thresholds)), bool)

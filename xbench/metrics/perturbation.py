@@ -1,10 +1,13 @@
 """Insertion and deletion (Petsiuk et al., RISE, BMVC 2018), batched.
 
 Pixels are ordered by descending saliency (ties by ascending flat index). Deletion starts
-from the image and replaces `step` pixels per step (all channels) with zeros in normalised
-space (the dataset mean colour); insertion starts from the image blurred by an 11x11 Gaussian
-(sigma 5, sampled at integer offsets, normalised to sum 1, zero padding 5, per channel, in
-normalised space) and restores `step` original pixels per step. n = ceil(H*W / step) steps
+from the image and replaces `step` pixels per step (all channels) with the substrate colour,
+defined in pixel space (default ImageNet's mean colour, i.e. zeros after ImageNet
+normalisation, as the published code does); insertion starts from the image blurred by an
+11x11 Gaussian (sigma 5, sampled at integer offsets, normalised to sum 1, per channel, the
+border padded with the substrate colour) and restores `step` original pixels per step.
+Because every substrate is a pixel colour, a model that normalises inside itself (given mean 0,
+std 1) scores as the same model given normalised images. n = ceil(H*W / step) steps
 give n+1 probabilities of the target class (point 0 before any change); the AUC is the
 trapezoid over [0, 1]: (sum(curve) - (first + last) / 2) / n.
 
@@ -20,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
+from ..datasets.transforms import pixel_colour
 from .forward import as_targets, chunk_size, target_probabilities
 from .saliency import descending_order, rescale_maps
 
@@ -35,14 +40,17 @@ def protocol_step(protocol: str, width: int) -> int:
     return PROTOCOLS[protocol]["rows_per_step"] * width
 
 
-def gaussian_blur(images: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """The insertion substrate: a normalised (size x size) Gaussian, per channel, zero padding."""
+def gaussian_blur(images: torch.Tensor, size: int = 11, sigma: float = 5.0, fill: torch.Tensor | float = 0.0
+                  ) -> torch.Tensor:
+    """The insertion substrate: a normalised (size x size) Gaussian, per channel, the border padded
+    with `fill` (the substrate colour in the images' space, (1, 3, 1, 1) or a number)."""
     offsets = torch.arange(size, dtype=torch.float32, device=images.device) - size // 2
     g = torch.exp(-offsets**2 / (2 * sigma**2))
     kernel = g[:, None] * g[None, :]
     kernel = (kernel / kernel.sum()).to(images.dtype)
     c = images.shape[1]
-    return F.conv2d(images, kernel.expand(c, 1, size, size), padding=size // 2, groups=c)
+    # The kernel sums to 1, so blurring (x - fill) with zero padding and adding fill back pads with fill.
+    return F.conv2d(images - fill, kernel.expand(c, 1, size, size), padding=size // 2, groups=c) + fill
 
 
 def auc(curve: torch.Tensor) -> torch.Tensor:
@@ -53,12 +61,15 @@ def auc(curve: torch.Tensor) -> torch.Tensor:
 
 def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
                        step: int | None = None, blur: tuple[int, float] = (11, 5.0), batch_size: int | None = None,
-                       memory_budget_mb: float = 1024) -> dict[str, torch.Tensor]:
+                       memory_budget_mb: float = 1024, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       substrate=SUBSTRATE) -> dict[str, torch.Tensor]:
     """Per-image insertion and deletion.
 
-    images (B, 3, H, W) normalised; saliency (B, h, w) (upsampled and min-max scaled here);
-    targets (B,) the class scored; step pixels per step (default 8 * W, the CA-Stream protocol);
-    batch_size images per forward pass (default: derived from `memory_budget_mb`).
+    images (B, 3, H, W) normalised with `mean`/`std` (give 0 and 1 for a model that normalises
+    itself); saliency (B, h, w) (upsampled and min-max scaled here); targets (B,) the class scored;
+    step pixels per step (default 8 * W, the CA-Stream protocol); `substrate` the pixel colour of
+    deleted pixels and of the blur's border; batch_size images per forward pass (default: derived
+    from `memory_budget_mb`).
     Returns insertion, deletion (B,) AUCs and insertion_curve, deletion_curve (B, n+1).
     """
     b, _, h, w = images.shape
@@ -68,7 +79,8 @@ def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     rank = torch.empty(b, h * w, dtype=torch.long, device=images.device)
     rank.scatter_(1, descending_order(rescale_maps(saliency, (h, w))),
                   torch.arange(h * w, device=images.device).expand(b, -1))
-    blurred = gaussian_blur(images, *blur)
+    fill = pixel_colour(substrate, mean, std, images)
+    blurred = gaussian_blur(images, *blur, fill=fill)
     per_image = n + 1
 
     def build(start, end):  # items [0, B*(n+1)) insert, [B*(n+1), 2*B*(n+1)) delete
@@ -79,7 +91,7 @@ def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.T
         changed = (rank[image_of] < (k * step)[:, None]).view(-1, 1, h, w)
         source = images[image_of]
         inserted = torch.where(changed, source, blurred[image_of])
-        deleted = source * ~changed
+        deleted = torch.where(changed, fill, source)
         return torch.where(deleting.view(-1, 1, 1, 1), deleted, inserted), targets[image_of]
 
     chunk = batch_size or chunk_size(model, images[0], memory_budget_mb)

@@ -221,9 +221,10 @@ def wide_table(board: Leaderboard, markup: str = "md") -> pd.DataFrame:
         acc = board.accuracy[board.accuracy["dataset"] == dataset].set_index("method")
         for method in dict.fromkeys(cells["method"]):
             row = {"dataset": dataset, "method": method}
-            if method in acc.index:
-                row["acc@1"] = f"{100 * acc.loc[method, 'acc1']:.1f}"
-                row["acc@5"] = f"{100 * acc.loc[method, 'acc5']:.1f}"
+            if method in acc.index:  # unlabelled samples have no accuracy (NaN): left blank
+                for key, column in (("acc1", "acc@1"), ("acc5", "acc@5")):
+                    value = acc.loc[method, key]
+                    row[column] = "" if pd.isna(value) else f"{100 * value:.1f}"
             mine = cells[cells["method"] == method]
             for _, c in mine.iterrows():
                 k = c["scale"]

@@ -1,0 +1,64 @@
+"""Attention rollout (Abnar & Zuidema, ACL 2020) for timm vision transformers.
+
+Each block's attention (B, heads, N, N) is fused over heads (`head_fusion`: mean as in the
+paper, or max/min), mixed with the identity for the residual path, A' = (1 - r) A + r I with
+r = `residual` (0.5 in the paper), and its rows renormalised; the rollout is the product
+A'_L ... A'_1. The map is the class token's row over the patch tokens (without a class token:
+the mean of the patch tokens' rows), laid on the patch grid; class, distillation and register
+tokens take part in the product but are not on the map. The map is class-agnostic: targets
+are not used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register_explainer
+from .backbones import is_timm_vit, token_layout
+from .explainer import Explainer
+
+FUSIONS = ("mean", "max", "min")
+
+
+@register_explainer("attention_rollout", description="attention rollout (Abnar & Zuidema 2020), class-agnostic",
+                    models="timm vision transformers (ViT, DeiT, register tokens)")
+class AttentionRolloutExplainer(Explainer):
+    def __init__(self, model: nn.Module, head_fusion: str = "mean", residual: float = 0.5):
+        if not is_timm_vit(model) or not all(hasattr(b.attn, "attn_drop") for b in model.blocks):
+            raise ValueError(f"attention rollout needs a timm vision transformer, not {type(model).__name__}")
+        if head_fusion not in FUSIONS:
+            raise ValueError(f"head_fusion must be one of {', '.join(FUSIONS)}, got {head_fusion!r}")
+        super().__init__(model)
+        self.head_fusion, self.residual = head_fusion, residual
+
+    def attentions(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's post-softmax attention (B, heads, N, N), read where the attention dropout gets it."""
+        captured, hooks, fused = [], [], []
+        for block in self.model.blocks:
+            fused.append(getattr(block.attn, "fused_attn", False))
+            block.attn.fused_attn = False  # the fused kernel never materialises the weights
+            hooks.append(block.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(i[0].float())))
+        try:
+            self.model(images)
+        finally:
+            for hook, block, flag in zip(hooks, self.model.blocks, fused):
+                hook.remove()
+                block.attn.fused_attn = flag
+        return captured
+
+    @torch.no_grad()
+    def explain(self, images, targets):
+        prefix, (ph, pw) = token_layout(self.model)
+        grid = (images.shape[-2] // ph, images.shape[-1] // pw)
+        rollout = None
+        for attention in self.attentions(images):
+            fused = getattr(attention, self.head_fusion)(1)
+            fused = fused.values if self.head_fusion != "mean" else fused
+            eye = torch.eye(fused.shape[-1], device=fused.device, dtype=fused.dtype)
+            mixed = (1 - self.residual) * fused + self.residual * eye
+            mixed = mixed / mixed.sum(-1, keepdim=True)
+            rollout = mixed if rollout is None else mixed @ rollout
+        has_class_token = getattr(self.model, "cls_token", None) is not None
+        rows = rollout[:, 0] if has_class_token else rollout[:, prefix:].mean(1)
+        return rows[:, prefix:].reshape(len(images), *grid)
