@@ -188,3 +188,16 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert pixels.shape == (1600, 1200)
     assert pixels.std() > 10  # not a blank page
     assert (pixels < 128).mean() > 0.01  # there is text and imagery, not only white
+
+
+def test_leaderboard_of_bare_rows_fills_in_the_bookkeeping():
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"method": ["a@m"] * 20 + ["b@m"] * 20,
+                         "insertion": np.r_[rng.uniform(0.6, 0.9, 20), rng.uniform(0.1, 0.4, 20)]})
+    board = build_leaderboard(rows, {})
+    cells = board.cells.set_index("method")
+    assert cells.loc["a@m", "mean"] == pytest.approx(rows["insertion"][:20].mean())
+    assert bool(cells.loc["a@m", "bold"]) and not bool(cells.loc["b@m", "bold"])  # paired by sample order
+    assert wide_table(board, "plain").loc[0, "acc@1"] == ""  # unknown accuracy is left blank
+    with pytest.raises(ValueError, match="need a 'method' column"):
+        build_leaderboard(rows.drop(columns="method"), {})

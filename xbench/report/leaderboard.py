@@ -51,6 +51,21 @@ def metric_columns(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns: d
     return [c for c, info in columns.items() if not info.get("reference_for") and present(c, info)]
 
 
+def with_bookkeeping(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` (reindexed) with the bookkeeping columns `build_leaderboard` documents filled in."""
+    if "method" not in rows.columns:
+        raise ValueError("leaderboard rows need a 'method' column (one method, e.g. gradcam@cnn, per row); "
+                         f"these have: {', '.join(map(str, rows.columns))}")
+    rows = rows.reset_index(drop=True).copy()
+    defaults = {"index": lambda: rows.groupby("method", sort=False).cumcount(), "label": lambda: -1,
+                "model": lambda: rows["method"].astype(str).str.split("@").str[-1], "nonfinite": lambda: False,
+                "acc1": lambda: float("nan"), "acc5": lambda: float("nan"), "dataset": lambda: ""}
+    for name, default in defaults.items():
+        if name not in rows.columns:
+            rows[name] = default()
+    return rows
+
+
 def registered_columns() -> dict[str, dict]:
     """Column information from the metric registry, for rows that do not come from a store."""
     from ..metrics import column_table
@@ -114,9 +129,14 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns
                       dataset: str | None = None, resamples: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> Leaderboard:
     """The leaderboard of one run's rows and curves (see module docstring). `columns` says how each
-    metric column is read (a store's columns.json); by default the metric registry says."""
+    metric column is read (a store's columns.json); by default the metric registry says.
+
+    `rows` need a `method` column and metric columns; the bookkeeping columns of results.csv are
+    filled in where missing: `index` (the sample; default: its order within the method), `label`
+    (its class, for per-class means; default: one class), `model` (from `explainer@model`),
+    `nonfinite` (False), `acc1`/`acc5` (unknown), `dataset` ('')."""
     columns = columns if columns is not None else registered_columns()
-    rows = rows.reset_index(drop=True)
+    rows = with_bookkeeping(rows)
     dataset = dataset or (str(rows["dataset"].iloc[0]) if len(rows) else "")
     by_method = dict(tuple(rows.groupby("method", sort=False)))
     draws = Resamples(seed, resamples)
