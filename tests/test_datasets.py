@@ -239,5 +239,8 @@ def test_imagenet_val_labels_and_boxes_from_csv_or_xml(tmp_path):
     np.testing.assert_array_equal(by_name["ILSVRC2012_val_00000002"].boxes, [[4, 5, 8, 9]])
     train = read_imagenet(root, "train")
     assert [r.label for r in train.records] == [0, 1]
-    sample = collate([read_imagenet(root, "val", build_transform("resize", 8, False, MEAN, STD))[0]])
+    sample = collate([read_imagenet(root, "val", build_transform("resize", 16, False, MEAN, STD))[0]])
     assert sample["box"].shape == (1, 2, 4)
+    # At 8 px the 2x2 box shrinks below a pixel and is dropped (torchvision's SanitizeBoundingBoxes rule).
+    sample = collate([read_imagenet(root, "val", build_transform("resize", 8, False, MEAN, STD))[0]])
+    assert sample["box"].shape == (1, 1, 4)

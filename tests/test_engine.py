@@ -124,9 +124,10 @@ def test_method_names_and_subsets():
         parse_methods(["gradcom"])
     with pytest.raises(UnknownNameError, match="unknown model 'vit'"):
         parse_methods(["gradcam@vit"])
-    assert evaluation_indices(10, None, 0) == list(range(10))
-    subset = evaluation_indices(1000, 20, 0)
-    assert len(subset) == 20 and subset == sorted(subset) and subset == evaluation_indices(1000, 20, 0)
+    assert evaluation_indices([0] * 10, None, 0) == list(range(10))
+    labels = [i // 50 for i in range(1000)]  # 20 classes of 50, in order
+    subset = evaluation_indices(labels, 20, 0)
+    assert len(subset) == 20 and subset == sorted(subset) and subset == evaluation_indices(labels, 20, 0)
     assert max(subset) > 500  # spread over the split, not its first classes
 
 
@@ -141,7 +142,7 @@ def test_missing_checkpoint_and_wrong_classes_are_named(tiny_run_setup, tmp_path
                  out=tmp_path / "y", progress=False)
 
 
-def test_parameter_randomisation_is_opt_in_and_scores_every_row(tiny_run_setup):
+def test_parameter_randomisation_is_opt_in_and_cascades(tiny_run_setup):
     base, overrides = tiny_run_setup
     plain = load_results(evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr"]),
                                   out=base / "plain", progress=False))[0]
@@ -149,24 +150,43 @@ def test_parameter_randomisation_is_opt_in_and_scores_every_row(tiny_run_setup):
     out = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,random",
                                                 "evaluate.parameter_randomisation=true"]),
                    out=base / "sanity", progress=False)
-    rows = load_results(out)[0]
+    rows, curves = load_results(out)
     rho = rows.set_index("method")["randomisation_spearman"]
     assert rho.notna().all() and (rho.abs() <= 1 + 1e-6).all()
-    # A map that ignores the model cannot change when the model's weights are randomised; nor
-    # can INTR's attention, which is computed before its (randomised) presence vector.
-    assert (rho.loc["random@cnn"] == 1.0).all() and (rho.loc["attention@intr"] == 1.0).all()
+    # A map that ignores the model never changes; INTR's attention does not depend on its presence
+    # vector and the decoder's final norm (the first two steps, still 1.0) but on the decoder layer
+    # below them, which the cascade reaches.
+    assert (rho.loc["random@cnn"] == 1.0).all() and (rho.loc["attention@intr"] < 0.9).all()
+    cascade = curves["randomisation_cascade"]
+    methods = rows["method"].to_numpy()[curves["randomisation_cascade.row"]]
+    intr = cascade[methods == "attention@intr"]
+    assert intr.shape[1] == 11 and np.allclose(intr[:, :2], 1.0) and (intr[:, 2] < 0.99).all()
 
 
-def test_randomised_copy_reinitialises_only_the_top_layer():
-    from xbench.metrics.sanity import randomised_copy, top_layer
+def test_the_cascade_randomises_top_down_and_restores_the_weights():
+    from xbench.metrics.sanity import RandomisationCascade
 
     cnn = xbench.build_model("cnn", num_classes=3, **HALF)
-    intr = xbench.build_model("intr", num_classes=3, **{**HALF, "hidden_dim": 32, "nheads": 4, "enc_layers": 1,
-                                                         "dec_layers": 1, "dim_feedforward": 32})
-    stream = xbench.build_model("ca_stream", num_classes=3, **HALF)
-    assert [top_layer(m)[0] for m in (cnn, intr, stream)] == ["fc", "presence_vector", "blocks.4.proj"]
-    copy = randomised_copy(cnn, seed=1)
-    changed = {k for k, v in cnn.state_dict().items() if not torch.equal(v, copy.state_dict()[k])}
-    assert changed == {"fc.weight", "fc.bias"}
-    again = randomised_copy(cnn, seed=1)
-    assert torch.equal(again.fc.weight, copy.fc.weight)
+    with torch.no_grad():  # "trained" weights, unlike any fresh initialisation (BatchNorm's 1 and 0)
+        for parameter in cnn.parameters():
+            parameter.add_(0.1)
+    cascade = RandomisationCascade(cnn, seed=1)
+    assert cascade.names[:3] == ["fc", "layer4.1", "layer4.0"] and cascade.names[-1] == "conv1"
+    trained = {k: v.clone() for k, v in cascade.model.state_dict().items()}
+    seen = []
+
+    def changed():
+        now = cascade.model.state_dict()
+        seen.append({k.split(".weight")[0].split(".bias")[0] for k, v in now.items()
+                     if v.is_floating_point() and not torch.equal(v, trained[k]) and "running" not in k})
+        return torch.zeros(1, 2, 2)
+
+    cascade.maps(changed)
+    assert seen[0] == {"fc"} and "layer4.1.conv1" in seen[1] and not any("layer4.0" in k for k in seen[1])
+    assert all(a < b for a, b in zip(seen, seen[1:]))  # each step adds a block, keeps the ones above
+    assert all(torch.equal(v, trained[k]) for k, v in cascade.model.state_dict().items())  # restored
+    again = RandomisationCascade(cnn, seed=1)
+    first = []
+    again.maps(lambda: first.append(again.model.fc.weight.clone()) or torch.zeros(1, 2, 2))
+    cascade.maps(lambda: first.append(cascade.model.fc.weight.clone()) or torch.zeros(1, 2, 2))
+    assert torch.equal(first[0], first[len(cascade.names)])  # seeded: the same draws every time

@@ -1,7 +1,9 @@
 """What every dataset shares: records, robust image loading, samples and the collate.
 
-A sample is a dict: ``image`` (3,H,W) normalised float, ``label``, ``index`` and, where the
-data has them, ``box`` (K,4) xyxy input pixels, ``mask`` (H,W) bool object mask,
+A sample is a dict: ``image`` (3,H,W) normalised float, ``label``, ``index``, ``scale`` (2,)
+the transform's (sy, sx) in transformed pixels per original pixel and, where the data has them,
+``box`` (K,4) xyxy input pixels (clamped to the image; boxes the transform left empty, e.g. outside
+a centre crop, are dropped), ``mask`` (H,W) bool object mask,
 ``part_mask`` (H,W) int64 part ids, ``disc_mask`` (H,W) bool discriminative parts of the
 sample's class, ``parts`` (P,3) keypoints x, y, visible. A file that cannot be read yields a
 `Skipped` instead of a sample; the collate drops it from the batch and lists it in
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .transforms import as_tv_sample
+from .transforms import as_tv_sample, frame_scale
 
 log = logging.getLogger(__name__)
 
@@ -191,15 +193,20 @@ class ImageDataset(torch.utils.data.Dataset):
         except OSError as exc:  # an annotation mask that cannot be read
             log.warning("skipping %s: %s", rec.path, exc)
             return Skipped(index, str(rec.path), f"annotation unreadable ({exc})")
+        original = tuple(sample["image"].shape[-2:])
         if self.transform is not None:
             sample = self.transform(sample)
-        return self._finish(sample, index, rec.label)
+        return self._finish(sample, index, rec.label, original)
 
-    def _finish(self, sample: dict, index: int, label: int) -> dict:
-        out = {"image": sample["image"].as_subclass(torch.Tensor), "label": label, "index": index}
+    def _finish(self, sample: dict, index: int, label: int, original: tuple[int, int]) -> dict:
+        out = {"image": sample["image"].as_subclass(torch.Tensor), "label": label, "index": index,
+               "scale": frame_scale(sample["frame"], original)}
         h, w = out["image"].shape[-2:]
         if "box" in sample:
-            out["box"] = sample["box"].as_subclass(torch.Tensor).float()
+            box = sample["box"].as_subclass(torch.Tensor).float()
+            box = torch.stack([box[:, 0].clamp(0, w), box[:, 1].clamp(0, h), box[:, 2].clamp(0, w),
+                               box[:, 3].clamp(0, h)], 1) if len(box) else box.reshape(0, 4)
+            out["box"] = box[((box[:, 2] - box[:, 0]) >= 1) & ((box[:, 3] - box[:, 1]) >= 1)]
         if "mask" in sample:
             out["mask"] = sample["mask"].as_subclass(torch.Tensor).bool()
         if "part_mask" in sample:
@@ -220,7 +227,7 @@ def collate(samples: Sequence[dict | Skipped]) -> dict:
     """Stack samples into a batch; pads varying sizes (``pad_mask`` True on padding) and box counts.
 
     Returns ``image`` (B,3,H,W), ``label`` (B,), ``index`` (B,), ``skipped`` (list of `Skipped`)
-    and, when every sample has it, ``box`` (B,K,4) padded with NaN rows, ``mask`` (B,H,W),
+    and, when every sample has it, ``scale`` (B,2), ``box`` (B,K,4) padded with NaN rows, ``mask`` (B,H,W),
     ``part_mask`` (B,H,W), ``disc_mask`` (B,H,W), ``parts`` (B,P,3).
     """
     good = [s for s in samples if not isinstance(s, Skipped)]
@@ -244,6 +251,8 @@ def collate(samples: Sequence[dict | Skipped]) -> dict:
     batch["image"] = stack("image", 0.0) if padded else torch.stack([s["image"] for s in good])
     batch["label"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
     batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+    if all("scale" in s for s in good):
+        batch["scale"] = torch.stack([s["scale"] for s in good])
     if padded:
         pad = torch.ones(len(good), H, W, dtype=torch.bool)
         for i, (h, w) in enumerate(zip(heights, widths)):
@@ -261,6 +270,29 @@ def collate(samples: Sequence[dict | Skipped]) -> dict:
     if all("parts" in s for s in good) and len({len(s["parts"]) for s in good}) == 1:
         batch["parts"] = torch.stack([s["parts"] for s in good])
     return batch
+
+
+def split_padded(batch: dict) -> list[dict]:
+    """A padded batch as unpadded batches of same-size images (each image cropped back to its own
+    size); a batch without padding as itself. Scoring each group alone makes every image's numbers
+    those of the image alone, whatever shares its batch and whether or not a model takes a mask."""
+    if "pad_mask" not in batch:
+        return [batch]
+    valid = ~batch["pad_mask"]
+    sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in valid]
+    groups = []
+    for size in dict.fromkeys(sizes):
+        members = torch.tensor([i for i, s in enumerate(sizes) if s == size])
+        group = {"skipped": batch["skipped"] if not groups else []}
+        for key, value in batch.items():
+            if key in ("skipped", "pad_mask"):
+                continue
+            value = value[members]
+            if key in ("image", "mask", "part_mask", "disc_mask"):
+                value = value[..., :size[0], :size[1]]
+            group[key] = value
+        groups.append(group)
+    return groups
 
 
 def scan_images(folder: Path) -> tuple[list[Path], list[Problem]]:

@@ -79,9 +79,13 @@ def build_transform(name: str, image_size: int, train: bool, mean: Sequence[floa
 
 
 def as_tv_sample(image: torch.Tensor, box=None, mask=None, part_mask=None, parts=None) -> dict:
-    """Wrap a uint8 (3,H,W) image and its annotations in tv_tensors for `build_transform`."""
+    """Wrap a uint8 (3,H,W) image and its annotations in tv_tensors for `build_transform`.
+
+    `frame` holds the image's corners (0, 0) and (W, H): where the transform puts them gives its
+    scale per axis (`frame_scale`), so distances can be measured in original-image pixels."""
     canvas = tuple(image.shape[-2:])
-    sample = {"image": tv_tensors.Image(image)}
+    corners = torch.tensor([[0.0, 0.0], [float(canvas[1]), float(canvas[0])]])
+    sample = {"image": tv_tensors.Image(image), "frame": tv_tensors.KeyPoints(corners, canvas_size=canvas)}
     if box is not None:
         sample["box"] = tv_tensors.BoundingBoxes(box, format="XYXY", canvas_size=canvas)
     if mask is not None:
@@ -91,6 +95,12 @@ def as_tv_sample(image: torch.Tensor, box=None, mask=None, part_mask=None, parts
     if parts is not None:
         sample["parts"] = tv_tensors.KeyPoints(parts, canvas_size=canvas)
     return sample
+
+
+def frame_scale(frame: torch.Tensor, original: tuple[int, int]) -> torch.Tensor:
+    """(sy, sx): transformed pixels per original pixel, from the transformed corners of `as_tv_sample`."""
+    (x0, y0), (x1, y1) = frame.as_subclass(torch.Tensor).float().tolist()
+    return torch.tensor([abs(y1 - y0) / original[0], abs(x1 - x0) / original[1]], dtype=torch.float32)
 
 
 def _stats(mean, std, like: torch.Tensor):

@@ -9,6 +9,7 @@ finished one is never redone. Under torchrun, ranks take disjoint shards and ran
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -25,17 +26,63 @@ from ..metrics import column_table
 from .artefacts import FigureArtefacts
 from .methods import adopt_normalisation, load_evaluated_model, parse_methods
 from .scoring import BatchScorer, resolve_target, selected_metrics
-from .store import ResultStore
+from .store import ResultStore, concat_ragged
 
 log = logging.getLogger(__name__)
 
 
-def evaluation_indices(n: int, limit: int | None, seed: int) -> list[int]:
-    """All samples, or a seeded subset of `limit` (sorted), spread over the whole split."""
+# Settings that cannot change a row: where things are written, how fast, in what batches. (shard_size
+# stays: it decides which samples a finished shard holds.) Models enter by their weights' hash.
+ROW_NEUTRAL = ("output_dir", "train", "model", "dataset.num_workers", "dataset.cache_images", "evaluate.out",
+               "evaluate.batch_size", "evaluate.memory_budget_mb", "evaluate.checkpoints")
+
+
+def _without(config: dict, keys: tuple[str, ...]) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if not name:
+            out.pop(section, None)
+        elif isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
+def manifest_digest(dataset, indices: list[int]) -> str:
+    """sha256 over the evaluated files (path below the data root, size, label, boxes): a file replaced,
+    relabelled or re-annotated changes it."""
+    digest = hashlib.sha256()
+    for index in indices:
+        record = dataset.records[index]
+        size = record.path.stat().st_size if record.path.exists() else -1
+        boxes = "" if record.boxes is None else np.asarray(record.boxes, np.float64).round(3).tobytes().hex()
+        where = "/".join(record.path.parts[-2:])
+        digest.update(f"{where}\t{size}\t{record.label}\t{boxes}\n".encode())
+    return digest.hexdigest()
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit <= 0:
+        raise ValueError(f"evaluate.limit (--limit) must be a positive number of samples, got {limit}")
+
+
+def evaluation_indices(labels: list[int], limit: int | None, seed: int) -> list[int]:
+    """All samples, or a seeded subset of `limit` (sorted) stratified by class: each class gives its share
+    of `limit` (proportional to its size, largest remainders first), so classes of equal size give equally."""
+    n = len(labels)
+    check_limit(limit)
     if limit is None or limit >= n:
         return list(range(n))
     rng = np.random.default_rng(seed)
-    return sorted(rng.choice(n, size=limit, replace=False).tolist())
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    quota = {c: limit * len(members) / n for c, members in by_class.items()}
+    counts = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: (-(quota[c] - counts[c]), c))[:limit - sum(counts.values())]:
+        counts[c] += 1
+    chosen = [i for c, members in sorted(by_class.items()) for i in rng.choice(members, counts[c], replace=False)]
+    return sorted(int(i) for i in chosen)
 
 
 class Evaluator:
@@ -46,18 +93,20 @@ class Evaluator:
         self.store = ResultStore(self.out)
         ev = cfg.evaluate
         self.split = ev.split or cfg.dataset.eval_split
+        check_limit(ev.limit)
         self.methods = parse_methods(ev.methods)
         self.metrics = selected_metrics(ev.metrics, ev.parameter_randomisation)
         self.target = resolve_target(ev.protocol, ev.target)
 
-    def fingerprint(self, indices: list[int]) -> dict:
-        ev, ds = self.cfg.evaluate, self.cfg.dataset
-        checkpoints = {name: model.sha256 for name, model in sorted(self.models.items())}
-        return {"dataset": ds.name, "root": ds.root, "split": self.split, "image_size": ds.image_size,
-                "eval_transform": ds.eval_transform, "samples": len(indices), "first": indices[:3],
-                "methods": [m.label for m in self.methods], "metrics": self.metrics, "protocol": ev.protocol,
-                "target": self.target, "shard_size": ev.shard_size, "saliency_samples": ev.saliency_samples,
-                "top_k": ev.top_k, "explainers": ev.explainers, "seed": self.cfg.seed, "checkpoints": checkpoints}
+    def fingerprint(self, dataset, indices: list[int]) -> dict:
+        """What the rows depend on: the resolved config (less the settings that cannot change a row),
+        each model's weights (sha256) and architecture, and a manifest of the evaluated files."""
+        return {"config": _without(self.cfg.to_dict(), ROW_NEUTRAL),
+                "resolved": {"split": self.split, "methods": [m.label for m in self.methods],
+                             "metrics": self.metrics, "target": self.target},
+                "models": {name: {"sha256": m.sha256, "architecture": m.info.get("model_options")}
+                           for name, m in sorted(self.models.items())},
+                "samples": len(indices), "manifest": manifest_digest(dataset, indices)}
 
     # -------------------------------------------------------------------- run
 
@@ -70,13 +119,13 @@ class Evaluator:
         for name, model in self.models.items():
             model.label_map = class_index_map(dataset.classes, model.classes, model.num_outputs,
                                               origin=f"{name} ({model.path})")
-        indices = evaluation_indices(len(dataset), self.cfg.evaluate.limit, self.cfg.seed)
+        indices = evaluation_indices([r.label for r in dataset.records], self.cfg.evaluate.limit, self.cfg.seed)
         size = self.cfg.evaluate.shard_size
         shards = [indices[i:i + size] for i in range(0, len(indices), size)]
         lock = self.store.lock(wait=wait) if ctx.is_main else contextlib.nullcontext()
         with lock:
             if ctx.is_main:
-                self.store.prepare(self.fingerprint(indices), self.cfg.to_yaml(exclude=("model", "train")),
+                self.store.prepare(self.fingerprint(dataset, indices), self.cfg.to_yaml(exclude=("model", "train")),
                                    column_table(self.metrics), {n: m.describe() for n, m in self.models.items()},
                                    fresh=fresh)
             D.barrier(ctx)
@@ -132,17 +181,12 @@ class Evaluator:
 
 
 def stack_curves(curves: dict[str, list]) -> dict[str, np.ndarray]:
-    """name -> (rows, ...) arrays plus name + '.row' (the CSV row of each); ragged curves are
-    resampled to 101 points (variable image sizes)."""
+    """name -> (rows, ...) arrays plus name + '.row' (the CSV row of each); curves of different lengths
+    (images of different sizes) are NaN-padded (see store.concat_ragged)."""
     out = {}
     for name, parts in curves.items():
-        rows = np.concatenate([np.arange(first, first + len(v)) for first, v in parts])
-        arrays = [v for _, v in parts]
-        if len({a.shape[1:] for a in arrays}) > 1:
-            grid = np.linspace(0, 1, 101)
-            arrays = [np.stack([np.interp(grid, np.linspace(0, 1, a.shape[1]), r) for r in a]) for a in arrays]
-        out[name] = np.concatenate(arrays)
-        out[f"{name}.row"] = rows
+        out[name] = concat_ragged([v for _, v in parts])
+        out[f"{name}.row"] = np.concatenate([np.arange(first, first + len(v)) for first, v in parts])
     return out
 
 

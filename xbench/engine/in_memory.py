@@ -51,8 +51,8 @@ def evaluate_model(model: nn.Module, data, labels=None, *, methods: Sequence[str
     """Score `methods` (explainer names, e.g. gradcam, rise, attention) of `model` with `metrics`.
 
     `data`: a normalised image tensor (N, 3, H, W) with `labels` (N,) (and optionally `boxes`, (N, K, 4)
-    xyxy pixels or a list of (K, 4), and `masks`, (N, H, W) bool); or a Dataset / DataLoader of xbench
-    samples (dicts with image, label, ...) or of (image, label) pairs. `mean`/`std` are the images'
+    xyxy pixels or a list of (K, 4), and `masks`, (N, H, W) bool); or a Dataset / list / DataLoader of
+    xbench samples (dicts with image, label, ...) or of (image, label) pairs; images may differ in size. `mean`/`std` are the images'
     normalisation (0 and 1 for a model that normalises inside itself): substrates are defined in pixel
     space. Without labels the predicted class is explained and accuracy is not scored. The model is
     moved to `device` (default: CUDA when present), in eval mode with channels_last weights.
@@ -96,7 +96,7 @@ def _batches(data, labels, boxes, masks, batch_size: int) -> Iterable[dict]:
             start += len(batch["label"]) + len(batch.get("skipped", []))
             yield batch
         return
-    if isinstance(data, torch.utils.data.Dataset):
+    if isinstance(data, (torch.utils.data.Dataset, list, tuple)):
         for start in range(0, len(data), batch_size):
             items = [_as_sample(data[i], i) for i in range(start, min(start + batch_size, len(data)))]
             yield collate(items)

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from .. import build_explainer
-from ..metrics import REGIONS, MetricInput, boxes_to_mask, protocol_step, randomised_copy
+from ..datasets.base import split_padded
+from ..metrics import REGIONS, MetricInput, RandomisationCascade, boxes_to_mask, protocol_step
 from ..metrics.accuracy import accuracy_topk
 from ..metrics.forward import chunk_size
 from ..metrics.perturbation import PROTOCOLS
 from ..metrics.saliency import prepare, with_nan_rows
-from ..registry import EXPLAINERS, METRICS
+from ..registry import EXPLAINERS, METRICS, MODELS
 from .artefacts import FigureArtefacts
 from .methods import Method
 
@@ -47,6 +48,11 @@ def resolve_target(protocol: str, target: str | None) -> str:
     return target
 
 
+def _blocks_of(model_name: str):
+    """The randomisation blocks a registered model family names (None: the generic top-down order)."""
+    return MODELS.get(model_name).meta.get("randomisation_blocks") if model_name in MODELS else None
+
+
 def _accepted(explainer: str, options: dict) -> dict:
     """The `options` that explainer's factory takes by name."""
     parameters = inspect.signature(EXPLAINERS.get(explainer).factory).parameters
@@ -59,6 +65,7 @@ class _Batch:
 
     images: torch.Tensor
     labels: torch.Tensor  # data labels (indices into the data's classes)
+    scale: torch.Tensor | None  # (B, 2) transformed pixels per original pixel
     regions: dict
     boxes: torch.Tensor | None
     index: list[int]  # each sample's index in the split
@@ -104,18 +111,26 @@ class BatchScorer:
         context = {"mean": tuple(mean), "std": tuple(std), "memory_budget_mb": memory_budget_mb}
         self.options = {m.label: {**_accepted(m.explainer, context), **options.get(m.explainer, {}),
                                   **options.get(m.label, {})} for m in methods}
-        self.takes_pad_mask = {n: "pad_mask" in inspect.signature(m.forward).parameters for n, m in models.items()}
+        self.localises = any(METRICS.get(m).meta.get("family") == "localisation" for m in metrics)
         self.explainers = {m.label: build_explainer(m.explainer, models[m.model], **self.options[m.label])
                            for m in methods}
-        self.randomised = {}  # method label -> its explainer on the top-layer-randomised model
+        self.randomised = {}  # method label -> (its model's cascade, its explainer on the cascade's copy)
         if "parameter_randomisation" in metrics:
-            twins = {name: randomised_copy(model, seed=seed) for name, model in models.items()}
-            self.randomised = {m.label: build_explainer(m.explainer, twins[m.model], **self.options[m.label])
+            cascades = {name: RandomisationCascade(model, seed, _blocks_of(name)) for name, model in models.items()}
+            self.randomised = {m.label: (cascades[m.model], build_explainer(m.explainer, cascades[m.model].model,
+                                                                            **self.options[m.label]))
                                for m in methods}
 
-    @torch.no_grad()
     def score(self, batch: dict, rows: list, curves: dict, artefacts: FigureArtefacts | None = None) -> None:
-        """Append the batch's rows to `rows` and its curves to `curves` (name -> [(first row, array)])."""
+        """Append the batch's rows to `rows` and its curves to `curves` (name -> [(first row, array)]).
+
+        A padded batch (images of several sizes) is scored as groups of same-size images, each image
+        cropped back to its own size: no model, explainer or metric ever sees padding."""
+        for group in split_padded(batch):
+            self._score_unpadded(group, rows, curves, artefacts)
+
+    @torch.no_grad()
+    def _score_unpadded(self, batch: dict, rows: list, curves: dict, artefacts: FigureArtefacts | None) -> None:
         device = self.device
         images = batch["image"].to(device)
         h, w = images.shape[-2:]
@@ -126,15 +141,14 @@ class BatchScorer:
             regions = {"box": boxes_to_mask(boxes, (h, w)), **regions}
         index = batch["index"].tolist()
         figure = artefacts.positions(index) if artefacts is not None else []
-        shared = _Batch(images, batch["label"].to(device), regions, boxes, index, figure,
+        scale = batch["scale"].to(device) if "scale" in batch else None
+        shared = _Batch(images, batch["label"].to(device), scale, regions, boxes, index, figure,
                         protocol_step(self.protocol, w))
         if artefacts is not None:
             artefacts.images(batch, index, figure)
         for model_name in dict.fromkeys(m.model for m in self.methods):
             model = self.models[model_name]
-            kwargs = ({"pad_mask": batch["pad_mask"].to(device)}
-                      if "pad_mask" in batch and self.takes_pad_mask[model_name] else {})
-            logits = model(images, **kwargs).float()
+            logits = model(images).float()
             probs = logits.softmax(-1)
             pred = logits.argmax(1)
             labels = self.label_maps[model_name][shared.labels] if model_name in self.label_maps else shared.labels
@@ -153,19 +167,26 @@ class BatchScorer:
     def _score_method(self, method: Method, shared: _Batch, run: _ModelRun, rows: list, curves: dict) -> torch.Tensor:
         """Score one method on the batch; returns its prepared maps (B, H, W)."""
         h, w = shared.images.shape[-2:]
-        prepared = prepare(self.explainers[method.label](shared.images, run.targets), (h, w))
+        explainer = self.explainers[method.label]
+        prepared = prepare(explainer(shared.images, run.targets), (h, w))
+        truth = torch.where(run.labels >= 0, run.labels, run.targets)
+        nonfinite = prepared.nonfinite
+        label_maps = None
+        if self.localises and not torch.equal(truth, run.targets):  # localisation scores the true class
+            for_truth = prepare(explainer(shared.images, truth), (h, w))
+            label_maps, nonfinite = for_truth.maps, nonfinite | for_truth.nonfinite
         randomised = None
         if method.label in self.randomised:
-            other = self.randomised[method.label]
-            randomised = lambda: prepare(other(shared.images, run.targets), (h, w)).maps  # noqa: E731
+            cascade, other = self.randomised[method.label]
+            randomised = lambda: cascade.maps(lambda: prepare(other(shared.images, run.targets), (h, w)).maps)  # noqa: E731
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
-                          labels=run.labels, original=run.original, regions=shared.regions, boxes=shared.boxes,
+                          labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, step=shared.step, chunk=run.chunk,
-                          randomised_maps=randomised)
+                          randomised_maps=randomised, label_maps=label_maps, scale=shared.scale)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)
-            values.update({k: with_nan_rows(v, prepared.nonfinite.to(v.device)).cpu() for k, v in out.values.items()})
+            values.update({k: with_nan_rows(v, nonfinite.to(v.device)).cpu() for k, v in out.values.items()})
             method_curves.update({k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
                                   for k, v in out.curves.items()})
         first_row = len(rows)
@@ -178,7 +199,7 @@ class BatchScorer:
                    "acc1": bool(run.accuracy["acc1"][i]) if known[i] else float("nan"),
                    "acc5": bool(run.accuracy["acc5"][i]) if known[i] else float("nan"),
                    "prob": float(run.original[i]), "degenerate": bool(prepared.degenerate[i]),
-                   "nonfinite": bool(prepared.nonfinite[i])}
+                   "nonfinite": bool(nonfinite[i])}
             if self.data_classes is not None and known[i]:
                 row["label_name"] = self.data_classes[int(shared.labels[i])]
             if names is not None:

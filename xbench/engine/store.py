@@ -5,7 +5,9 @@
     models.json         each evaluated model as it ran: file, sha256, format, architecture, classes, training
     config.yaml         the resolved config;  versions.json: torch, timm, grad-cam, captum, ...
     shards/00003.csv    one row per (sample, method); written last, so it marks the shard done
-    shards/00003.npz    curves (insertion/deletion, box hits), aligned with the CSV's rows
+    shards/00003.npz    curves (insertion/deletion, box hits), aligned with the CSV's rows; curves of
+                        different lengths (images of different sizes) are NaN-padded to the longest,
+                        so a curve's points are its finite values, whatever shard it fell into
     shards/00003.maps.npz   saliency maps (float16), images, top-k and INTR per-head maps of
                         the fixed subset of samples that figures show
     results.csv, curves.npz, maps.npz, summary.json   the merge of every shard (rank 0)
@@ -100,7 +102,8 @@ class ResultStore:
         if run.exists() and not fresh and self.done_shards():  # only finished work needs protecting
             stored = json.loads(run.read_text())
             if stored != fingerprint:
-                diff = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+                old, new = _flat(stored), _flat(fingerprint)
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise StoreMismatch(f"{self.root} holds a run with other settings ({', '.join(diff)} differ); "
                                     "evaluate into another --out, or pass --fresh to replace it")
         if fresh:
@@ -149,13 +152,36 @@ class ResultStore:
                 maps.update({key: data[key] for key in data.files})
             skipped += json.loads(self.shard_path(shard, ".skipped.json").read_text())
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        merged = {k: np.concatenate(v) for k, v in curves.items()}
+        merged = {k: concat_ragged(v) for k, v in curves.items()}
         atomic_write(self.root / "results.csv", lambda t: rows.to_csv(t, index=False))
         atomic_write(self.root / "curves.npz", _save_npz(merged))
         atomic_write(self.root / "maps.npz", _save_npz(maps))
         summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
         atomic_write_json(self.root / "summary.json", summary)
         return rows
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {dotted.key: value}, so a mismatch names the very setting that differs."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def concat_ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate (n_i, L_i, ...) arrays along rows, NaN-padding the second axis to the longest L."""
+    if len({a.shape[1:] for a in arrays}) <= 1 or arrays[0].ndim == 1:
+        return np.concatenate(arrays)
+    length = max(a.shape[1] for a in arrays)
+    padded = []
+    for a in arrays:
+        out = np.full((a.shape[0], length, *a.shape[2:]), np.nan, dtype=np.result_type(a.dtype, np.float32))
+        out[:, :a.shape[1]] = a
+        padded.append(out)
+    return np.concatenate(padded)
 
 
 def load_columns(root: str | os.PathLike) -> dict[str, dict]:

@@ -126,8 +126,19 @@ class CAStream(nn.Module):
         return self.cls_token.numel() + sum(p.numel() for p in self.blocks.parameters())
 
 
+def randomisation_blocks(model: CAStream) -> list[tuple[str, nn.Module]]:
+    """Top first: the classifier, the stream's blocks (last first), then the backbone's stages (last first)."""
+    net = model.backbone
+    head = [(f"backbone.{n}", m) for n, m in net.named_children() if m is net.get_classifier()]
+    stream = [(f"blocks.{i}", m) for i, m in reversed(list(enumerate(model.blocks)))]
+    stages = [(f"backbone.{n}", m) for n, m in reversed(list(net.named_children()))
+              if m is not net.get_classifier() and any(True for _ in m.parameters())]
+    return head + stream + stages
+
+
 @register_model("ca_stream", description="CNN with a cross-attention CLS stream instead of GAP (CA-Stream)",
-                explains="class-agnostic pooling attention of the last stream block")
+                explains="class-agnostic pooling attention of the last stream block",
+                randomisation_blocks=randomisation_blocks)
 def build_ca_stream(num_classes: int, backbone: str = "resnet50", init_from: str | None = None,
                     backbone_weights: str | None = None, channels: list[int] | None = None,
                     stem_width: int | None = None, heads: int = 1, freeze_backbone: bool = True,

@@ -135,17 +135,21 @@ class INTR(nn.Module):
 
     def attention_maps(self, images: torch.Tensor, classes: torch.Tensor, layer: int = -1,
                        pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-attention of decoder `layer` for class queries `classes` (B, K): (B, K, heads, h, w)."""
+        """Cross-attention of decoder `layer` for class queries `classes` (B, K): (B, K, heads, h, w).
+
+        With `pad_mask` (B, H, W), True on padding, padded cells are masked keys, as in the official
+        code: their weight is exactly 0 and each map sums to 1 over the image's own cells."""
         src, mask, pos = self.encode(images, pad_mask)
         weights = self.transformer.cross_attention(src, mask, self.query_embed.weight, pos, classes, layer)
         return weights.reshape(*weights.shape[:3], *src.shape[-2:])
 
-    def attention_explanation(self, images, targets, head: int | None = None, layer: int = -1) -> torch.Tensor:
-        """The target class's cross-attention: (B, h, w), head-averaged or of one `head`."""
+    def attention_explanation(self, images, targets, head: int | None = None, layer: int = -1,
+                              pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The target class's cross-attention: (B, h, w), head-averaged or of one `head` (zero on padding)."""
         heads = self.transformer.heads
         if head is not None and not 0 <= head < heads:
             raise ValueError(f"head {head} does not exist; this model has heads 0..{heads - 1}")
-        maps = self.attention_maps(images, targets[:, None], layer)[:, 0]
+        maps = self.attention_maps(images, targets[:, None], layer, pad_mask)[:, 0]
         return maps.mean(1) if head is None else maps[:, head]
 
     def cam_target_layer(self) -> nn.Module:
@@ -271,8 +275,24 @@ build_icn.__signature__ = inspect.Signature(
     [p for n, p in inspect.signature(build_icn).parameters.items() if n != "intr_options"]
     + [p for n, p in inspect.signature(build_intr).parameters.items() if n != "num_classes"]
 )
+def randomisation_blocks(model: INTR) -> list[tuple[str, nn.Module]]:
+    """Top first: the class head, the decoder's final norm and layers (last first), the class queries,
+    the encoder layers (last first), the input projection, then the backbone's stages (last first)."""
+    decoder, encoder = model.transformer.decoder, model.transformer.encoder
+    blocks = [(model.head_name, getattr(model, model.head_name)), ("transformer.decoder.norm", decoder.norm)]
+    blocks += [(f"transformer.decoder.layers.{i}", m) for i, m in reversed(list(enumerate(decoder.layers)))]
+    blocks += [("query_embed", model.query_embed)]
+    blocks += [(f"transformer.encoder.layers.{i}", m) for i, m in reversed(list(enumerate(encoder.layers)))]
+    blocks += [("input_proj", model.input_proj)]
+    body = model.backbone[0].body
+    blocks += [(f"backbone.0.body.{n}", m) for n, m in reversed(list(body.named_children()))
+               if any(True for _ in m.parameters())]
+    return blocks
+
+
 register_model("icn", description="ICN: INTR with a shared KAN classifier and orthogonal class queries",
-               explains="cross-attention of the class query", head_maps=True)(build_icn)
+               explains="cross-attention of the class query", head_maps=True,
+               randomisation_blocks=randomisation_blocks)(build_icn)
 
 
 # ---------------------------------------------------------------------------- converters
@@ -341,5 +361,5 @@ def read_official_intr(ckpt: dict, source: str, num_classes: int | None = None, 
 
 
 register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
-               explains="cross-attention of the class query", head_maps=True,
+               explains="cross-attention of the class query", head_maps=True, randomisation_blocks=randomisation_blocks,
                reads_foreign=read_official_intr, foreign_format="official INTR checkpoint")(build_intr)

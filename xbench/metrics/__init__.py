@@ -39,12 +39,12 @@ from .localisation import (
     summarise_box_hits,
 )
 from .perturbation import PROTOCOLS, insertion_deletion, protocol_step
-from .sanity import parameter_randomisation, randomised_copy
+from .sanity import RandomisationCascade, cascade_similarity, parameter_randomisation
 
 __all__ = [
     "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
     "energy_pointing_game", "mass_accuracy", "rank_accuracy", "max_box_accuracy", "summarise_box_hits", "boxes_to_mask",
-    "sparseness", "complexity", "parameter_randomisation", "randomised_copy", "class_mean", "MetricInput",
+    "sparseness", "complexity", "parameter_randomisation", "RandomisationCascade", "class_mean", "MetricInput",
     "MetricOutput", "column", "column_table", "PROTOCOLS", "protocol_step", "REGIONS",
 ]
 
@@ -61,14 +61,21 @@ class MetricInput:
     maps: torch.Tensor
     targets: torch.Tensor  # the class explained and scored, (B,)
     labels: torch.Tensor
-    original: torch.Tensor  # probability of `targets` on the images, (B,)
     regions: dict[str, torch.Tensor]  # region name -> (B, H, W) bool
     boxes: torch.Tensor | None
     mean: tuple
     std: tuple
     step: int
     chunk: int
-    randomised_maps: Callable[[], torch.Tensor] | None = None  # maps of the randomised model
+    # maps after each step of the model's randomisation cascade (top block first)
+    randomised_maps: Callable[[], list[torch.Tensor]] | None = None
+    # Localisation is scored on maps of the true class, whatever class `targets` names (default: `maps`).
+    label_maps: torch.Tensor | None = None
+    scale: torch.Tensor | None = None  # (B, 2) transformed pixels per original pixel (sy, sx)
+
+    @property
+    def localisation_maps(self) -> torch.Tensor:
+        return self.maps if self.label_maps is None else self.label_maps
 
 
 @dataclass
@@ -100,21 +107,21 @@ def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
                  description="average drop (down), increase and gain (up), raw-pixel masking",
                  columns={"drop": column("lower"), "increase": column("higher"), "gain": column("higher")})
 def score_average_drop_gain(inp: MetricInput) -> MetricOutput:
-    r = average_drop_gain(inp.model, inp.images, inp.maps, inp.targets, inp.mean, inp.std, original=inp.original,
-                          batch_size=inp.chunk)
+    r = average_drop_gain(inp.model, inp.images, inp.maps, inp.targets, inp.mean, inp.std, batch_size=inp.chunk)
     return MetricOutput({"drop": r["drop"], "increase": r["increase"].float(), "gain": r["gain"]})
 
 
 @register_metric("pointing_game", family="localisation",
-                 description="argmax within 15 px of the region (per-class mean); centre baseline",
+                 description="argmax closer than 15 original-image px to the region (per-class mean); centre "
+                 "baseline",
                  columns={"pointing_game_{region}": column("higher", "class_mean"),
                           "pointing_centre_{region}": column("higher", "class_mean",
                                                              reference_for="pointing_game_{region}")})
 def score_pointing_game(inp: MetricInput) -> MetricOutput:
     values = {}
     for name, region in inp.regions.items():
-        values[f"pointing_game_{name}"] = pointing_game(inp.maps, region).float()
-        values[f"pointing_centre_{name}"] = centre_pointing_game(region).float()
+        values[f"pointing_game_{name}"] = pointing_game(inp.localisation_maps, region, scale=inp.scale)
+        values[f"pointing_centre_{name}"] = centre_pointing_game(region, scale=inp.scale)
     return MetricOutput(values)
 
 
@@ -124,14 +131,14 @@ def score_pointing_game(inp: MetricInput) -> MetricOutput:
 def score_energy_pointing_game(inp: MetricInput) -> MetricOutput:
     if "box" not in inp.regions:
         return MetricOutput()
-    return MetricOutput({"energy_pointing_game_box": energy_pointing_game(inp.maps, inp.regions["box"])})
+    return MetricOutput({"energy_pointing_game_box": energy_pointing_game(inp.localisation_maps, inp.regions["box"])})
 
 
 @register_metric("mass_accuracy", family="localisation",
                  description="share of saliency inside the object / discriminative-part mask",
                  columns={"mass_accuracy_{region}": column("higher")})
 def score_mass_accuracy(inp: MetricInput) -> MetricOutput:
-    return MetricOutput({f"mass_accuracy_{n}": mass_accuracy(inp.maps, r) for n, r in inp.regions.items()
+    return MetricOutput({f"mass_accuracy_{n}": mass_accuracy(inp.localisation_maps, r) for n, r in inp.regions.items()
                          if n != "box"})
 
 
@@ -139,7 +146,7 @@ def score_mass_accuracy(inp: MetricInput) -> MetricOutput:
                  description="share of the K most salient pixels inside the mask (K = its area)",
                  columns={"rank_accuracy_{region}": column("higher")})
 def score_rank_accuracy(inp: MetricInput) -> MetricOutput:
-    return MetricOutput({f"rank_accuracy_{n}": rank_accuracy(inp.maps, r) for n, r in inp.regions.items()
+    return MetricOutput({f"rank_accuracy_{n}": rank_accuracy(inp.localisation_maps, r) for n, r in inp.regions.items()
                          if n != "box"})
 
 
@@ -150,7 +157,7 @@ def score_rank_accuracy(inp: MetricInput) -> MetricOutput:
 def score_max_box_accuracy(inp: MetricInput) -> MetricOutput:
     if inp.boxes is None:
         return MetricOutput()
-    hits = max_box_accuracy(inp.maps, inp.boxes, image_size=tuple(inp.images.shape[-2:]))
+    hits = max_box_accuracy(inp.localisation_maps, inp.boxes, image_size=tuple(inp.images.shape[-2:]))
     return MetricOutput(curves={"box_hits_v1": hits["v1"], "box_hits_v2": hits["v2"]})
 
 
@@ -168,12 +175,14 @@ def score_complexity(inp: MetricInput) -> MetricOutput:
 
 
 @register_metric("parameter_randomisation", family="sanity", opt_in=True,
-                 description="Spearman between maps of the trained and top-layer-randomised model (down; opt-in)",
+                 description="Spearman between the maps of the trained model and of the model randomised block by "
+                 "block from the top (cascading; down; opt-in)",
                  columns={"randomisation_spearman": column("lower", percent=False)})
 def score_parameter_randomisation(inp: MetricInput) -> MetricOutput:
     if inp.randomised_maps is None:
         return MetricOutput()
-    return MetricOutput({"randomisation_spearman": parameter_randomisation(inp.maps, inp.randomised_maps())})
+    steps = cascade_similarity(inp.maps, inp.randomised_maps())
+    return MetricOutput({"randomisation_spearman": steps[:, -1]}, {"randomisation_cascade": steps})
 
 
 def column_table(metrics: list[str] | None = None) -> dict[str, dict]:

@@ -18,21 +18,20 @@ from .saliency import rescale_maps
 
 
 def average_drop_gain(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
-                      mean, std, original: torch.Tensor | None = None, batch_size: int | None = None,
-                      memory_budget_mb: float = 1024) -> dict[str, torch.Tensor]:
+                      mean, std, batch_size: int | None = None, memory_budget_mb: float = 1024
+                      ) -> dict[str, torch.Tensor]:
     """Per-image drop, gain (B,) in [0, 1] and increase (B,) bool.
 
-    `original` (B,) may give the target probabilities on the unmasked images (else computed).
+    p and o come from the same forward passes (the clean and the masked images together), so they
+    share one precision: under bf16 on CUDA a near-identity map is not scored on precision noise.
     """
     b, _, h, w = images.shape
     targets = as_targets(targets, images)
     maps = rescale_maps(saliency, (h, w))
-    masked = normalise(denormalise(images, mean, std) * maps[:, None], mean, std)
+    both = torch.cat([images, normalise(denormalise(images, mean, std) * maps[:, None], mean, std)])
     chunk = batch_size or chunk_size(model, images[0], memory_budget_mb)
-    o = target_probabilities(model, lambda s, e: (masked[s:e], targets[s:e]), b, chunk)
-    p = original if original is not None else target_probabilities(model, lambda s, e: (images[s:e], targets[s:e]),
-                                                                    b, chunk)
-    p = p.to(o)
+    p, o = target_probabilities(model, lambda s, e: (both[s:e], targets[torch.arange(s, e, device=targets.device) % b]), 2 * b,
+                                chunk).view(2, b)
     drop = torch.where(p > 0, (p - o).clamp_min(0) / p.clamp_min(1e-12), torch.zeros_like(p))
     gain = torch.where(p < 1, (o - p).clamp_min(0) / (1 - p).clamp_min(1e-12), torch.zeros_like(p))
     return {"drop": drop.clamp(0, 1), "gain": gain.clamp(0, 1), "increase": o > p}

@@ -2,8 +2,12 @@
 
 All functions take saliency (B, h, w) (upsampled to the region size and min-max scaled
 here) and return per-sample values; dataset-level numbers are aggregates of those:
-- `pointing_game`: the map's argmax (first on ties) within `tolerance` px of a region pixel
-  (Zhang et al. 2016); report the mean over classes of per-class hit rates (`class_mean`).
+- `pointing_game`: the map's argmax (first on ties) closer than `tolerance` px to a region pixel
+  (Zhang et al. 2016), measured in original-image pixels as TorchRay does (strictly closer; `scale`
+  gives each image's transformed pixels per original pixel); report the mean over classes of
+  per-class hit rates (`class_mean`). The centre baseline points at pixel (H // 2, W // 2).
+- A sample whose region is empty (no box left after a centre crop, an empty mask) has no
+  localisation score (NaN), rather than a miss.
 - `energy_pointing_game` / `mass_accuracy`: share of saliency inside the region (Score-CAM 2020;
   Arras et al. 2022) — the same quantity, named by the region it is usually scored against.
 - `rank_accuracy`: share of the top-K pixels (K = region area) inside the region.
@@ -42,38 +46,51 @@ def _region(region: torch.Tensor) -> torch.Tensor:
     return region.bool()
 
 
-def pointing_game(saliency: torch.Tensor, region: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
-    """(B,) bool: the map's maximum lies within `tolerance` px of the region."""
+def pointing_game(saliency: torch.Tensor, region: torch.Tensor, tolerance: float = 15.0,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) 1.0 if the map's maximum is closer than `tolerance` original-image pixels to the region,
+    0.0 if not, NaN if the region is empty. `scale` (B, 2): each image's (sy, sx), transformed pixels
+    per original pixel (default 1: the image is at its original size)."""
     region = _region(region)
     b, h, w = region.shape
     point = rescale_maps(saliency, (h, w)).flatten(1).argmax(1)
-    return _near(point // w, point % w, region, tolerance)
+    return _near(point // w, point % w, region, tolerance, scale)
 
 
-def centre_pointing_game(region: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
-    """(B,) bool: the pointing game of a map whose maximum is the image centre (the baseline)."""
+def centre_pointing_game(region: torch.Tensor, tolerance: float = 15.0,
+                         scale: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the pointing game of a map whose maximum is the image centre, pixel (H // 2, W // 2)."""
     region = _region(region)
     b, h, w = region.shape
-    row = torch.full((b,), (h - 1) // 2, device=region.device)
-    col = torch.full((b,), (w - 1) // 2, device=region.device)
-    return _near(row, col, region, tolerance)
+    row = torch.full((b,), h // 2, device=region.device)
+    col = torch.full((b,), w // 2, device=region.device)
+    return _near(row, col, region, tolerance, scale)
 
 
-def _near(row: torch.Tensor, col: torch.Tensor, region: torch.Tensor, tolerance: float) -> torch.Tensor:
-    h, w = region.shape[-2:]
+def _near(row: torch.Tensor, col: torch.Tensor, region: torch.Tensor, tolerance: float,
+          scale: torch.Tensor | None) -> torch.Tensor:
+    b, h, w = region.shape
+    scale = torch.ones(b, 2, device=region.device) if scale is None else scale.to(region.device).float()
     ys = torch.arange(h, device=region.device)[None, :, None]
     xs = torch.arange(w, device=region.device)[None, None, :]
-    dist2 = (ys - row[:, None, None]) ** 2 + (xs - col[:, None, None]) ** 2
-    return (region & (dist2 <= tolerance**2)).flatten(1).any(1)
+    dy = (ys - row[:, None, None]) / scale[:, 0, None, None]
+    dx = (xs - col[:, None, None]) / scale[:, 1, None, None]
+    hit = (region & (dy**2 + dx**2 < tolerance**2)).flatten(1).any(1).float()
+    return _unscored_if_empty(hit, region)
+
+
+def _unscored_if_empty(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """NaN for samples whose region is empty: nothing to localise, so neither a hit nor a miss."""
+    return torch.where(region.flatten(1).any(1), values.float(), torch.full_like(values.float(), float("nan")))
 
 
 def mass_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """(B,) share of saliency inside the region (0 for an all-zero map)."""
+    """(B,) share of saliency inside the region (0 for an all-zero map, NaN for an empty region)."""
     region = _region(region)
     maps = rescale_maps(saliency, tuple(region.shape[-2:]))
     total = maps.flatten(1).sum(1)
     inside = (maps * region).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+    return _unscored_if_empty(torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total)), region)
 
 
 def box_frame(saliency: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -125,7 +142,8 @@ def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
 def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
                      thresholds: np.ndarray = THRESHOLDS, deltas: tuple[float, ...] = IOU_DELTAS,
                      image_size: tuple[int, int] | None = None) -> dict:
-    """Per-sample box hits: 'v1' (B, T) at delta 0.5 (largest component), 'v2' (B, T, D) (any component).
+    """Per-sample box hits (1.0 / 0.0): 'v1' (B, T) at delta 0.5 (largest component), 'v2' (B, T, D)
+    (any component); NaN rows for samples without a box (not scored).
 
     boxes (B, K, 4) xyxy in the pixels of an image of `image_size` (default: the map's size), NaN rows
     for padding; the saliency is upsampled to that size first.
@@ -133,11 +151,12 @@ def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
     maps = rescale_maps(saliency, box_frame(saliency, boxes, image_size)).cpu().numpy()
     gts_all = boxes.detach().cpu().numpy()
     b = maps.shape[0]
-    v1 = np.zeros((b, len(thresholds)), bool)
-    v2 = np.zeros((b, len(thresholds), len(deltas)), bool)
+    v1 = np.zeros((b, len(thresholds)), np.float32)
+    v2 = np.zeros((b, len(thresholds), len(deltas)), np.float32)
     for i in range(b):
         gts = gts_all[i][~np.isnan(gts_all[i][:, 0])]
         if not len(gts):
+            v1[i], v2[i] = np.nan, np.nan
             continue
         for t, tau in enumerate(thresholds):
             count, _, stats, _ = cv2.connectedComponentsWithStats((maps[i] >= tau).astype(np.uint8), connectivity=8)

@@ -1,14 +1,23 @@
-"""Model-parameter randomisation (Adebayo et al. 2018): do the maps depend on the weights?
+"""Model-parameter randomisation (Adebayo et al. 2018), cascading: do the maps depend on the weights?
 
-The model's top layer (its last module holding parameters: the classifier of a CNN,
-INTR's presence vector, CA-Stream's last stream projection) is re-initialised from `seed`;
-the score is the Spearman rank correlation between the maps of the trained and the
-randomised model. A faithful explainer's maps change: low correlation is better.
+The model's blocks are re-initialised one after another from the top (the classifier) down, each
+from its own seed, and after every step the maps are recomputed and compared with the trained
+model's by Spearman rank correlation. A faithful explainer's maps change (low correlation).
+The table reports the correlation after the whole cascade; the per-step values form a curve.
+
+The blocks, top first, are a model family's own (`register_model(..., randomisation_blocks=fn)`:
+INTR/ICN head, decoder and encoder layers, projection, backbone stages; CA-Stream's classifier,
+stream blocks and backbone stages) or, for any other network, its top-level children that hold
+parameters, in reverse order, a Sequential or ModuleList (a ResNet stage, a ViT's blocks)
+counting one block per entry. Any
+explainer that depends on some of the weights changes somewhere along the cascade, also one that
+reads the model before its head (INTR's attention).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,27 +25,66 @@ from scipy.stats import rankdata
 from torch import nn
 
 
-def top_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """The last leaf module with parameters of its own, in definition order."""
-    found = None
-    for name, module in model.named_modules():
-        if not list(module.children()) and any(True for _ in module.parameters(recurse=False)):
-            found = (name, module)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no module with parameters to randomise")
-    return found
+def default_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level children with parameters, last first; a Sequential's or ModuleList's entries are blocks."""
+    blocks = []
+    for name, child in reversed(list(model.named_children())):
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            blocks += [(f"{name}.{i}", m) for i, m in reversed(list(enumerate(child))) if _has_parameters(m)]
+        elif _has_parameters(child):
+            blocks.append((name, child))
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no parameters to randomise")
+    return blocks
 
 
-def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of `model` whose top layer is re-initialised (reset_parameters, seeded)."""
-    clone = copy.deepcopy(model)
-    name, layer = top_layer(clone)
-    if not hasattr(layer, "reset_parameters"):
-        raise ValueError(f"the top layer {name} ({type(layer).__name__}) has no reset_parameters()")
-    with torch.random.fork_rng(devices=[]):
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def reinitialise(module: nn.Module, seed: int) -> None:
+    """Re-draw every parameter of `module` from `seed`: each layer's own `reset_parameters`, and a
+    normal draw with the tensor's own spread for parameters no layer resets."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        layer.reset_parameters()
-    return clone.eval()
+        covered = set()
+        for layer in module.modules():
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+                covered.update(id(p) for p in layer.parameters(recurse=False))
+        for layer in module.modules():
+            for parameter in layer.parameters(recurse=False):
+                if id(parameter) not in covered:
+                    spread = float(parameter.std()) if parameter.numel() > 1 else 0.02
+                    parameter.normal_(0.0, spread if spread > 0 else 0.02)
+
+
+class RandomisationCascade:
+    """A copy of `model` whose blocks (`blocks(copy)`, top first) are re-initialised one by one.
+
+    `maps(compute)` runs `compute()` (maps from the copy) after each step and returns them all,
+    then restores the copy's trained weights, so every batch sees the same cascade."""
+
+    def __init__(self, model: nn.Module, seed: int = 0,
+                 blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]] | None = None):
+        self.model = copy.deepcopy(model).eval()
+        self.blocks = (blocks or default_blocks)(self.model)
+        self.seed = seed
+        self._trained = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.blocks]
+
+    def maps(self, compute: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        try:
+            for step, (_, block) in enumerate(self.blocks):
+                reinitialise(block, self.seed * 1_000_003 + step)
+                out.append(compute())
+        finally:
+            self.model.load_state_dict(self._trained)
+        return out
 
 
 def spearman(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
@@ -59,3 +107,8 @@ def spearman(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
 def parameter_randomisation(maps_trained: torch.Tensor, maps_randomised: torch.Tensor) -> torch.Tensor:
     """(B,) Spearman correlation between the two models' maps of the same images and targets."""
     return spearman(maps_trained, maps_randomised)
+
+
+def cascade_similarity(maps_trained: torch.Tensor, cascade_maps: list[torch.Tensor]) -> torch.Tensor:
+    """(B, steps) Spearman correlation with the trained maps after each step of the cascade."""
+    return torch.stack([spearman(maps_trained, maps) for maps in cascade_maps], 1)

@@ -25,11 +25,14 @@ def __getattr__(name: str):
 
 
 def leaderboard_of(run_dirs: list[str | Path], seed: int = 0) -> Leaderboard:
-    """The leaderboard of one run, or of several stacked with a dataset column."""
-    boards = []
-    for run in run_dirs:
-        rows, curves = load_results(run)
-        boards.append(build_leaderboard(rows, curves, load_columns(run), seed=seed))
+    """The leaderboard of one run, or of several stacked with a dataset column; runs of the same
+    dataset are labelled by their directory instead."""
+    loaded = [(Path(run), *load_results(run)) for run in run_dirs]
+    names = [str(rows["dataset"].iloc[0]) if len(rows) else run.name for run, rows, _ in loaded]
+    if len(set(names)) < len(names):
+        names = [str(run) for run, _, _ in loaded]
+    boards = [build_leaderboard(rows, curves, load_columns(run), dataset=name, seed=seed)
+              for (run, rows, curves), name in zip(loaded, names)]
     return boards[0] if len(boards) == 1 else combine(boards)
 
 

@@ -50,6 +50,16 @@ def _bootstrap_band(curves: np.ndarray, resamples: int = 1000, seed: int = 0) ->
     return np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
 
 
+def on_common_grid(curves: np.ndarray, points: int = 101) -> tuple[np.ndarray, np.ndarray]:
+    """(x, curves) with every curve on one x-grid over [0, 1]: as stored when all have the same length,
+    else each resampled from its own finite points (NaN-padded curves of images of different sizes)."""
+    lengths = np.isfinite(curves).sum(1)
+    if (lengths == curves.shape[1]).all():
+        return np.linspace(0, 1, curves.shape[1]), curves
+    x = np.linspace(0, 1, points)
+    return x, np.stack([np.interp(x, np.linspace(0, 1, n), c[:n]) for c, n in zip(curves, lengths)])
+
+
 def curves_figure(rows: pd.DataFrame, curves: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
     _style()
     fig, axes = plt.subplots(1, 2, figsize=(DOUBLE, 2.6), sharey=True)
@@ -60,9 +70,9 @@ def curves_figure(rows: pd.DataFrame, curves: dict[str, np.ndarray], out_dir: Pa
             ax.set_visible(False)
             continue
         methods = rows["method"].to_numpy()[curves[f"{key}.row"]]
-        x = np.linspace(0, 1, curves[key].shape[1])
+        x, resampled = on_common_grid(curves[key])
         for method, colour in palette.items():
-            data = curves[key][methods == method]
+            data = resampled[methods == method]
             if not len(data):
                 continue
             lo, hi = _bootstrap_band(data)
@@ -100,17 +110,31 @@ def dotplot_figure(board: Leaderboard, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir, "dotplot")
 
 
-def rank_heatmap(board: Leaderboard, out_dir: Path) -> list[Path]:
-    _style()
+def rank_table(board: Leaderboard) -> pd.DataFrame:
+    """Method x metric ranks (1 = best), then the mean rank of each metric family."""
     ranked = board.cells[~board.cells["reference"]]
     ranks = ranked.pivot_table(index="method", columns="metric", values="rank", sort=False)
-    ranks = ranks.loc[list(dict.fromkeys(ranked["method"])), board.metrics()]
-    ranks["average"] = ranks.mean(axis=1)
+    ranks = ranks.loc[list(dict.fromkeys(ranked["method"])), [m for m in board.metrics() if m in ranks.columns]]
+    families = ranked.drop_duplicates("metric").set_index("metric")["family"]
+    for family in dict.fromkeys(families[ranks.columns]):
+        ranks[f"mean: {family}"] = ranks[[c for c in ranks.columns if families.get(c) == family]].mean(axis=1)
+    return ranks
+
+
+def rank_text(value: float) -> str:
+    """A rank as printed: whole ranks as integers, averages and ties with two decimals."""
+    if np.isnan(value):
+        return ""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+
+
+def rank_heatmap(board: Leaderboard, out_dir: Path) -> list[Path]:
+    _style()
+    ranks = rank_table(board)
+    annotations = np.vectorize(rank_text, otypes=[str])(ranks.to_numpy(float))
     fig, ax = plt.subplots(figsize=(DOUBLE, 0.6 + 0.28 * len(ranks)))
-    sns.heatmap(ranks, annot=True, fmt=".0f", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
+    sns.heatmap(ranks, annot=annotations, fmt="", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
                 annot_kws={"fontsize": 6})
-    for text in ax.texts[-len(ranks):]:
-        text.set_text(f"{float(text.get_text() or 0):.1f}")
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.tick_params(labelsize=6)

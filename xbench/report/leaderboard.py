@@ -3,11 +3,15 @@
 For every method (explainer@model) and metric column: the aggregate the metric declares
 (`mean`, `class_mean` = mean of per-class means, or MaxBoxAcc from per-threshold hits), a 95%
 percentile-bootstrap confidence interval over samples (seeded, 1,000 resamples, the same
-aggregate recomputed), and a Wilcoxon signed-rank test against the best method on the same
-samples, Holm-corrected over the methods of that column. The best method and every method not
-significantly different from it (adjusted p >= 0.05) are bold. Rows whose map was non-finite
-are left out of the aggregate and counted in `n_nonfinite`. Tables show values in [0, 1] as
-percentages. Several runs (datasets) stack with a dataset column.
+aggregate recomputed), and a one-sided Wilcoxon signed-rank test of "worse than the best
+method" on the same samples (zero differences dropped), Holm-corrected over the methods of that
+column. The best method and every method not significantly worse (adjusted p >= 0.05) are
+bold; MaxBoxAcc (a best threshold over the whole dataset) has no per-sample test. Ranks are
+per column (ties share the average rank) and averaged per metric family (faithfulness,
+localisation, complexity), not over every correlated column. Rows whose map was non-finite are
+left out of the aggregate and counted in `n_nonfinite`. Tables show values in [0, 1] as
+percentages. Several runs stack, labelled by dataset (or by run directory when datasets
+coincide), with a cross-run table of average ranks.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ import pandas as pd
 from ..aggregate import aggregate, weighted_aggregate
 
 ARROW = {"higher": "↑", "lower": "↓"}
+TABLE_NOTE = ("Mean [95% bootstrap interval] per method. Bold: the best method, and every method not "
+              "significantly worse than it: one-sided Wilcoxon signed-rank test on paired samples (zero "
+              "differences dropped), Holm-corrected over the methods of a column, alpha 0.05; MaxBoxAcc is "
+              "not tested. Rank columns: the mean rank (1 = best) over a metric family's columns.")
 CENTRE = "centre point (reference)"  # the pointing-game baseline row
 
 
@@ -118,9 +126,11 @@ def _per_method(rows: pd.DataFrame, mine: pd.DataFrame, curves: dict[str, np.nda
     """(values, labels, sample indices) of one method's rows `mine` for `column`, finite rows only."""
     if info["curve"]:
         key = info["curve"]
-        where = np.isin(curves[f"{key}.row"], mine.index.to_numpy())
+        values = curves[key]
+        scored = ~np.isnan(values.reshape(len(values), -1)).all(1)  # samples without a box have no curve
+        where = np.isin(curves[f"{key}.row"], mine.index.to_numpy()) & scored
         positions = curves[f"{key}.row"][where]
-        return curves[key][where], rows.loc[positions, "label"].to_numpy(), rows.loc[positions, "index"].to_numpy()
+        return values[where], rows.loc[positions, "label"].to_numpy(), rows.loc[positions, "index"].to_numpy()
     ok = mine[column].notna() & ~mine["nonfinite"].astype(bool)
     return mine.loc[ok, column].to_numpy(float), mine.loc[ok, "label"].to_numpy(), mine.loc[ok, "index"].to_numpy()
 
@@ -162,16 +172,16 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns
         for method in stats:
             if method == best or kind == "curve":
                 continue
-            pvalues[method] = _paired_p(data[best], data[method])
+            pvalues[method] = paired_p_worse(data[best], data[method], direction)
         adjusted = _holm(pvalues)
-        order = sorted(stats, key=lambda m: -sign * stats[m]["mean"])
+        ranks = pd.Series({m: v["mean"] for m, v in stats.items()}).rank(ascending=direction == "lower")
         for method, s in stats.items():
             p = adjusted.get(method, 1.0 if method == best else 0.0)
             bold = method == best or (kind != "curve" and p >= alpha)
             cells.append({"dataset": dataset, "method": method, "metric": column, "direction": direction,
                           "aggregate": kind, "family": info["family"], "scale": _scale(info), **s,
                           "p_value": pvalues.get(method, float("nan")), "p_holm": p,
-                          "best": method == best, "bold": bold, "rank": order.index(method) + 1,
+                          "best": method == best, "bold": bold, "rank": float(ranks[method]),
                           "reference": False})
     cells += _references(rows, columns, dataset, draws)
     accuracy = (rows.groupby(["model", "method"], sort=False)[["acc1", "acc5"]].mean().reset_index()
@@ -201,20 +211,24 @@ def _references(rows: pd.DataFrame, columns: dict[str, dict], dataset: str, draw
     return cells
 
 
-def _paired_p(best: tuple, other: tuple) -> float:
-    """Wilcoxon signed-rank p-value on the samples both methods scored (1.0 if they never differ)."""
+def paired_p_worse(best: tuple, other: tuple, direction: str) -> float:
+    """One-sided Wilcoxon signed-rank p-value of "`other` is worse than `best`" on the samples both
+    scored (`direction`: higher or lower is better). Zero differences carry no sign and are dropped
+    (zero_method="wilcox"), so ties cost no power; 1.0 when the two never differ."""
     common, in_best, in_other = np.intersect1d(best[2], other[2], assume_unique=True, return_indices=True)
     b, o = best[0][in_best], other[0][in_other]
-    if len(common) == 0 or np.all(b == o):
+    nonzero = int(np.count_nonzero(b != o))
+    if nonzero == 0:
         return 1.0
     # Exact null distribution for small samples, the normal approximation beyond (scipy's threshold);
     # scipy's default would run a slow permutation test whenever small samples have ties.
-    method = "exact" if len(common) <= 50 else "approx"
+    method = "exact" if nonzero <= 50 else "approx"
     from scipy.stats import wilcoxon  # scipy.stats takes most of a second to import: only when testing
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "exact p-value with ties" is expected here
-        return float(wilcoxon(b, o, zero_method="zsplit", method=method).pvalue)
+        return float(wilcoxon(b, o, zero_method="wilcox", alternative="greater" if direction == "higher" else "less",
+                              method=method).pvalue)
 
 
 def combine(boards: list[Leaderboard]) -> Leaderboard:
@@ -251,7 +265,9 @@ def wide_table(board: Leaderboard, markup: str = "md") -> pd.DataFrame:
                 digits = 1 if k == 100 else 3
                 text = f"{k * c['mean']:.{digits}f} [{k * c['lo']:.{digits}f}, {k * c['hi']:.{digits}f}]"
                 row[f"{c['metric']} {ARROW[c['direction']]}"] = wrap.format(text) if c["bold"] else text
-            row["avg rank"] = "" if mine["reference"].all() else f"{mine['rank'].mean():.2f}"
+            if not mine["reference"].all():
+                for family, ranks in mine.groupby("family", sort=False)["rank"]:
+                    row[f"rank: {family}"] = f"{ranks.mean():.2f}"
             out.append(row)
     table = pd.DataFrame(out)
     if table["dataset"].nunique() == 1:
@@ -259,8 +275,24 @@ def wide_table(board: Leaderboard, markup: str = "md") -> pd.DataFrame:
     return table.fillna("")
 
 
+def cross_run_ranks(board: Leaderboard) -> pd.DataFrame | None:
+    """Methods x runs: each method's mean rank over a run's metric columns, and over the runs it is in
+    (None for a single run)."""
+    cells = board.cells[~board.cells["reference"]]
+    if cells["dataset"].nunique() < 2:
+        return None
+    table = cells.pivot_table(index="method", columns="dataset", values="rank", aggfunc="mean", sort=False)
+    table["mean over runs"] = table.mean(axis=1)
+    return table.sort_values("mean over runs")
+
+
 def to_markdown(board: Leaderboard) -> str:
-    return wide_table(board, "md").to_markdown(index=False) + "\n"
+    text = wide_table(board, "md").to_markdown(index=False) + "\n\n" + TABLE_NOTE + "\n"
+    across = cross_run_ranks(board)
+    if across is not None:
+        text += ("\nMean rank (1 = best) over each run's metric columns, and over the runs:\n\n"
+                 + across.to_markdown(floatfmt=".2f") + "\n")
+    return text
 
 
 def to_latex(board: Leaderboard) -> str:
