@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test lint clean
+.PHONY: quickstart test lint clean wheel-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,19 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check xbench tests benchmarks scripts
 
+# A non-editable install ships the recipes: build the wheel, install it in a fresh venv, run the CLI and
+# load a packaged recipe from outside the source tree.
+WHEEL_VENV ?= /tmp/xbench-wheel-venv
+wheel-check: | $(BIN)/python
+	rm -rf dist $(WHEEL_VENV)
+	$(BIN)/python -m pip wheel --no-deps --quiet -w dist .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/xbench-*.whl
+	cd / && $(WHEEL_VENV)/bin/xbench quickstart --help > /dev/null
+	cd / && $(WHEEL_VENV)/bin/python -c "from xbench.config import load_config; \
+	cfg = load_config([], ['dataset.name=cub']); \
+	assert (cfg.dataset.image_size, cfg.train.epochs, cfg.model.options['backbone']) == (224, 30, 'resnet50'), cfg; \
+	assert load_config(['paper/intr_cub.yaml']).train.epochs == 140; print('wheel: recipes load')"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis dist build

@@ -38,7 +38,7 @@ def test_check_reports_unreadable_files(tmp_path):
     victim = next((out / "images").rglob("*.png"))
     victim.write_bytes(b"")
     result = runner.invoke(app, ["data", "check", "--dataset", "cub", "--data-root", str(out)])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # a check that finds problems fails, for scripts that run it
     assert f"problem: {victim}: empty file" in result.output
     assert "1 problem(s) found" in result.output
 

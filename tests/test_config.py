@@ -27,6 +27,7 @@ def test_defaults_then_recipe_then_file_then_set(tmp_path, monkeypatch):
 
 def test_dataset_recipe_found_by_format_when_name_has_none(tmp_path, monkeypatch):
     (tmp_path / "datasets").mkdir()
+    (tmp_path / "models").mkdir()  # a recipes folder holds both, or xbench refuses it as a broken install
     (tmp_path / "datasets" / "folder.yaml").write_text("dataset: {image_size: 200}\n")
     monkeypatch.setenv("XBENCH_CONFIG_DIR", str(tmp_path))
     cfg = load_config([], ["dataset.name=birds525", "dataset.format=folder"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,7 +115,8 @@ def test_store_keeps_what_figures_need(tiny_run_setup):
             assert data[f"headclasses|intr|{i}"].shape == (4,)
     summary = (out / "summary.json").read_text()
     assert '"rows": 72' in summary and "versions" not in summary
-    assert "grad-cam" in (out / "versions.json").read_text()
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert "grad-cam" in provenance["versions"] and provenance["date"] and provenance["device"] == "cpu"
 
 
 def test_method_names_and_subsets():

@@ -17,7 +17,7 @@ METHODS = ["attention@intr", "attention@ca_stream", "gradcam@cnn", "gradcampp@cn
 
 
 def tiny_config(tmp_path):
-    """configs/quickstart.yaml with every size cut down; the same stages and methods."""
+    """The packaged quickstart.yaml with every size cut down; the same stages and methods."""
     from xbench.quickstart import default_config
 
     data = yaml.safe_load(default_config().read_text())

@@ -101,13 +101,14 @@ def test_resume_after_a_stop_gives_the_same_final_weights(small, tmp_path):
                             "train.warmup_epochs=0.5"]
     whole = train(load_config([], common + [f"output_dir={tmp_path}/whole"]), progress=False)
     stopped = train(load_config([], common + [f"output_dir={tmp_path}/parts", "train.max_steps=7"]), progress=False)
-    assert not stopped["finished"] and stopped["steps"] == 7  # 5 steps per epoch: stopped mid-epoch 2
+    # 36 train images, 4 held out for validation: 4 steps of 8 per epoch, stopped mid-epoch 2
+    assert not stopped["finished"] and stopped["steps"] == 7
     mid = load_checkpoint(f"{stopped['run_dir']}/last.pt")
-    assert (mid["epoch"], mid["step_in_epoch"]) == (1, 2)
+    assert (mid["epoch"], mid["step_in_epoch"]) == (1, 3)
     with pytest.raises(RunExistsError, match="--resume to continue it or --fresh"):
         train(load_config([], common + [f"output_dir={tmp_path}/parts"]), progress=False)
     resumed = train(load_config([], common + [f"output_dir={tmp_path}/parts"]), resume=True, progress=False)
-    assert resumed["finished"] and resumed["steps"] == whole["steps"] == 15
+    assert resumed["finished"] and resumed["steps"] == whole["steps"] == 12
     a = load_checkpoint(f"{whole['run_dir']}/last.pt")
     b = load_checkpoint(f"{resumed['run_dir']}/last.pt")
     for key, value in a["model"].items():
@@ -126,7 +127,9 @@ def test_epoch_sampler_resumes_mid_epoch_and_shards_cover_everything():
     later.set_epoch(3, start=4)
     assert list(later) == order[4:] and len(later) == 6
     full.set_epoch(4)
-    assert list(full) != order and sorted(full) == list(range(10))
+    again = list(full)
+    assert again != order and sorted(i for _, i in again) == list(range(10))
+    assert len({stream for stream, _ in order}) == 1 and again[0][0] != order[0][0]  # one stream per epoch
     shards = [list(ShardSampler(9, r, 2)) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(9))
 
@@ -184,7 +187,8 @@ def test_torchrun_two_processes_on_cpu(small, tmp_path):
     run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ckpt = torch.load(tmp_path / "synth" / "cnn" / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["step"] == 6  # 36 images: 18 per rank, ceil(18 / 8) = 3 steps an epoch
+    # 36 images less 4 held out: 16 per rank, 2 steps of 8 an epoch
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 4
     model, _ = xbench.load_model(tmp_path / "synth" / "cnn" / "last.pt")
     cfg = load_config([], small + CNN + [f"output_dir={tmp_path}/check"])
     trainer = Trainer(cfg, progress=False)

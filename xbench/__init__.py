@@ -54,8 +54,7 @@ def list_datasets() -> list[str]:
 def build_model(name: str, num_classes: int, **overrides: Any):
     """A registered model (an nn.Module returning logits (B, num_classes)) built with `overrides`."""
     entry = MODELS.get(name)
-    check_builder_options(entry.factory, overrides)
-    return entry.factory(num_classes=num_classes, **overrides)
+    return entry.factory(num_classes=num_classes, **check_builder_options(entry.factory, overrides))
 
 
 def load_model(path, **kwargs: Any):
@@ -70,8 +69,8 @@ def load_model(path, **kwargs: Any):
 def build_explainer(name: str, model, **overrides: Any):
     """A registered explainer bound to `model`: callable (images, targets) -> (B, h, w) maps >= 0."""
     entry = EXPLAINERS.get(name)
-    check_builder_options(entry.factory, {"model": model, **overrides}, section=f"explainer {name}")
-    return entry.factory(model=model, **overrides)
+    options = check_builder_options(entry.factory, {"model": model, **overrides}, section=f"explainer {name}")
+    return entry.factory(**options)
 
 
 def evaluate_model(model, data, labels=None, **options: Any):

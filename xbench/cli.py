@@ -26,6 +26,21 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file layered over th
 SetOpt = typer.Option(None, "--set", "-s", help="Override one value, e.g. --set train.epochs=1 (repeatable).")
 DatasetOpt = typer.Option(None, "--dataset", "-d", help="Dataset name (shorthand for --set dataset.name=...).")
 RootOpt = typer.Option(None, "--data-root", help="Folder holding the dataset (shorthand for dataset.root).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA when present).")
+
+
+def _version(show: bool) -> None:
+    if show:
+        from . import __version__
+
+        typer.echo(f"xbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print xbench's version and exit.")) -> None:
+    """Benchmark visual explanations."""
 
 
 def _friendly_errors(func):
@@ -39,10 +54,13 @@ def _friendly_errors(func):
         try:
             return func(*args, **kwargs)
         except (UnknownNameError, FileExistsError, FileNotFoundError, ValueError, StoreLocked) as exc:
-            # ConfigError, DatasetError, CheckpointError, StoreMismatch (ValueError) and RunExistsError
-            # (FileExistsError) included.
+            # ConfigError, DatasetError, CheckpointError, StoreMismatch, UnreadableImage (ValueError) and
+            # RunExistsError (FileExistsError) included.
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            typer.secho(f"interrupted{': ' + str(exc) if str(exc) else ''}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -145,6 +163,7 @@ def data_check(
     if problems:
         typer.secho(f"{problems} problem(s) found; unreadable files are skipped during training and evaluation",
                     fg=typer.colors.YELLOW)
+        raise typer.Exit(1)
 
 
 @app.command("train")
@@ -159,18 +178,26 @@ def train_cmd(
     fresh: bool = typer.Option(False, "--fresh", help="Start over, replacing an existing run's files."),
     reinit_head: bool = typer.Option(False, "--reinit-head",
                                      help="Starting from a checkpoint for another class count: re-initialise its head."),
+    allow_changes: bool = typer.Option(False, "--allow-changes",
+                                       help="With --resume: continue with changed settings (recorded in the run)."),
+    device: str | None = DeviceOpt,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Train a model with the recipe in configs/models/<method>.yaml (torchrun-ready, resumable)."""
+    """Train a model with the recipe models/<method>.yaml (packaged in xbench/configs/) (torchrun-ready, resumable)."""
     from .train.trainer import train
 
     _setup_logging()
     sets = list(set_ or []) + (["model.reinit_head=true"] if reinit_head else [])
     cfg = resolve_config(config, sets, dataset=dataset, data_root=data_root, method=method)
-    summary = train(cfg, resume=resume, fresh=fresh, progress=progress)
-    state = "finished" if summary["finished"] else "stopped (resume with --resume)"
+    summary = train(cfg, resume=resume, fresh=fresh, allow_changes=allow_changes, progress=progress, device=device)
+    state = "finished" if summary["finished"] else "stopped"
     typer.echo(f"{summary['model']}: {state} after epoch {summary['epochs_done']}/{summary['epochs']}, "
                f"best val acc@1 {summary['best_acc1']:.4f}, run in {summary['run_dir']}")
+    if summary["stopped_by"]:  # Ctrl-C or a kill: a failure for whoever waits on the exit status
+        typer.secho(f"interrupted ({summary['stopped_by']}): saved {summary['run_dir']}/last.pt at step "
+                    f"{summary['steps']}; continue with the same command and --resume", err=True,
+                    fg=typer.colors.YELLOW)
+        raise typer.Exit(130)
 
 
 @app.command("evaluate")
@@ -192,6 +219,7 @@ def evaluate_cmd(
     set_: List[str] | None = SetOpt,
     fresh: bool = typer.Option(False, "--fresh", help="Discard the directory's earlier results."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another run holding the directory instead of failing."),
+    device: str | None = DeviceOpt,
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Score every method with every metric; resumable shard by shard, torchrun-ready."""
@@ -209,7 +237,7 @@ def evaluate_cmd(
             raise ValueError(f"--checkpoint {item!r} must be model=path")
         sets.append(f"evaluate.checkpoints.{name}={path}")
     cfg = resolve_config(config, sets, dataset=dataset, data_root=data_root)
-    root = evaluate(cfg, out=out, fresh=fresh, wait=wait, progress=progress)
+    root = evaluate(cfg, out=out, fresh=fresh, wait=wait, progress=progress, device=device)
     typer.echo(f"results in {root} (results.csv, curves.npz, maps.npz, summary.json)")
 
 
@@ -265,6 +293,7 @@ def explain_cmd(
     out: Path = typer.Option(Path("explain.png"), "--out", help="Figure to write (.png or .pdf)."),
     config: List[Path] | None = ConfigOpt,
     set_: List[str] | None = SetOpt,
+    device: str | None = DeviceOpt,
 ) -> None:
     """Predict one image and draw the method's explanation (INTR/ICN: per-head maps of the top-k classes)."""
     from .engine.explain import explain_image
@@ -275,7 +304,7 @@ def explain_cmd(
     model = parse_methods([method])[0].model
     path = checkpoint or checkpoint_path(cfg, model)
     result = explain_image(method, image, path, top_k=top_k, target=target,
-                           options=cfg.evaluate.explainers.get(method.split("@")[0]), config=cfg)
+                           options=cfg.evaluate.explainers.get(method.split("@")[0]), config=cfg, device=device)
     explanation_figure(result, out)
     for name, prob in result.top_k:
         typer.echo(f"{prob:7.3f}  {name}")
@@ -285,7 +314,7 @@ def explain_cmd(
 @app.command("quickstart")
 @_friendly_errors
 def quickstart_cmd(
-    config: Path | None = typer.Option(None, "--config", "-c", help="Quickstart YAML (default configs/quickstart.yaml)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Quickstart YAML (default: the packaged quickstart.yaml)."),
     set_: List[str] | None = SetOpt,
     fresh: bool = typer.Option(False, "--fresh", help="Redo every stage, even finished ones."),
     with_icn: bool = typer.Option(False, "--with-icn", help="Also train and evaluate ICN."),
@@ -298,7 +327,7 @@ def quickstart_cmd(
     summary = quickstart(config, set_ or [], fresh=fresh, with_icn=with_icn, progress=progress)
     typer.echo(summary["terminal_table"])
     accs = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["test_acc1"].items())
-    typer.echo(f"\ntest acc@1: {accs}")
+    typer.echo(f"\ntest acc@1 (the evaluated test images): {accs}")
     if summary["below_bar"]:
         typer.secho(f"below the {100 * ACCURACY_BAR:.0f}% bar: {', '.join(summary['below_bar'])} "
                     "(explanations of a model that has not learned the task mean little)", fg=typer.colors.YELLOW)

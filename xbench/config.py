@@ -1,9 +1,9 @@
 """Configuration: dataclass sections, YAML layers and `--set a.b=c` overrides.
 
-Layers, lowest first: the dataclass defaults, ``configs/datasets/<dataset>.yaml`` (by
-dataset name, else by dataset.format),
-``configs/models/<model>.yaml`` (the model's recipe), each ``--config`` file, then each
-``--set`` override. Unknown keys raise `ConfigError` naming the key and the valid ones.
+Layers, lowest first: the dataclass defaults, ``datasets/<dataset>.yaml`` (by dataset name,
+else by dataset.format), ``models/<model>.yaml`` (the model's recipe), each ``--config`` file,
+then each ``--set`` override. The recipes are package data (xbench/configs/), so a wheel install
+has them; a ``--config`` path that does not exist is looked up among them (``paper/intr_cub.yaml``). Unknown keys raise `ConfigError` naming the key and the valid ones.
 The `model` section is open: besides `name` it takes the keyword arguments of the
 registered model builder, validated against that builder's signature.
 """
@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,35 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SUBSTRATE = IMAGENET_MEAN
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 class ConfigError(ValueError):
     """A configuration file or override that cannot be applied."""
 
 
 def config_dir() -> Path:
-    """Where the YAML recipes live: $XBENCH_CONFIG_DIR, else the repository's configs/."""
+    """Where the YAML recipes live: $XBENCH_CONFIG_DIR, else the package's configs/ (package data).
+
+    A missing folder is an error, never a silent fall-back to the dataclass defaults."""
     env = os.environ.get("XBENCH_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    folder = Path(env) if env else Path(__file__).resolve().parent / "configs"
+    if not (folder / "datasets").is_dir() or not (folder / "models").is_dir():
+        raise ConfigError(f"xbench's recipes are missing: {folder} has no datasets/ and models/ folders "
+                          "(a broken install, or XBENCH_CONFIG_DIR pointing elsewhere); reinstall xbench")
+    return folder
+
+
+def recipe_path(name: str | os.PathLike) -> Path:
+    """A --config file: the path itself, else the packaged recipe of that name (paper/intr_cub.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = config_dir() / path
+    if packaged.is_file():
+        return packaged
+    known = sorted(str(p.relative_to(config_dir())) for p in config_dir().rglob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist (nor is it a packaged recipe: {', '.join(known)})")
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,11 @@ class DatasetConfig:
     root: str = ""  # folder holding the data; for synth, where it is generated
     image_size: int = 96
     train_split: str = "train"
+    # Where training picks best.pt: a split of the data's own (the folder layout's "val"), or "holdout":
+    # a seeded, class-stratified `val_fraction` of train_split, taken out of training. The test split
+    # (eval_split) is touched only by `xbench evaluate`.
+    val_split: str = "holdout"
+    val_fraction: float = 0.1
     eval_split: str = "test"
     train_transform: str = "flip"  # none | flip | crop | detr
     eval_transform: str = "resize"  # resize | centre_crop | detr
@@ -66,7 +93,8 @@ class DatasetConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     num_workers: int = 0
     cache_images: bool = False  # keep decoded images in memory (small datasets)
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    # The synthetic benchmark's settings; unset: those of the tree at `root` (else the defaults)
+    synth: SynthConfig | None = None
 
     @property
     def loader(self) -> str:
@@ -238,7 +266,7 @@ def load_config(
     recipes: bool = True,
 ) -> Config:
     """Resolve a `Config` from YAML files and `a.b=c` overrides (see module docstring)."""
-    user_layers = [_read_yaml(Path(f)) for f in files] + [overrides_layer(list(overrides))]
+    user_layers = [_read_yaml(recipe_path(f)) for f in files] + [overrides_layer(list(overrides))]
     layers: list[dict[str, Any]] = []
     if recipes:
         dataset = _peek(user_layers, "dataset", "name", DatasetConfig.name)
@@ -253,16 +281,18 @@ def load_config(
     for layer in layers + user_layers:
         merged = merge_layers(merged, layer)
     cfg = config_from_dict(merged)
-    cfg.explicit = frozenset(key for layer in user_layers for key in _dotted_keys(layer))
+    cfg.explicit = frozenset(key for layer in user_layers for key in flatten(layer))
     return cfg
 
 
-def _dotted_keys(layer: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in layer.items():
-        path = f"{prefix}{key}"
-        keys += _dotted_keys(value, path + ".") if isinstance(value, dict) and value else [path]
-    return keys
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {'dotted.key': value} (an empty dict is a value)."""
+    if not isinstance(data, dict) or (not data and prefix):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -287,6 +317,8 @@ def _unknown_message(section: str, key: str, valid: list[str]) -> str:
 
 
 def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    import typing
+
     values = values or {}
     if not isinstance(values, dict):
         raise ConfigError(f"section {section} must be a mapping, got {values!r}")
@@ -297,8 +329,9 @@ def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
         if key not in fields:
             raise ConfigError(_unknown_message(section, key, list(fields)))
         target = hints[key]
-        if dataclasses.is_dataclass(target):
-            kwargs[key] = _build(target, value, f"{section}.{key}")
+        nested = [a for a in (typing.get_args(target) or (target,)) if dataclasses.is_dataclass(a)]
+        if nested and value is not None:  # a section (or an optional one) of its own
+            kwargs[key] = _build(nested[0], value, f"{section}.{key}")
         else:
             kwargs[key] = _coerce(value, target, f"{section}.{key}")
     return cls(**kwargs)
@@ -356,6 +389,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
@@ -366,12 +401,26 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def check_builder_options(builder: Any, options: dict[str, Any], section: str = "model") -> None:
-    """Refuse options a builder's signature does not take, listing those it does."""
+def check_builder_options(builder: Any, options: dict[str, Any], section: str = "model") -> dict[str, Any]:
+    """The options a builder takes, checked against its signature's names and annotated types (as the
+    dataclass sections are): an unknown name is refused with the valid ones, a wrong type with the key."""
     params = inspect.signature(builder).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
+        return dict(options)
     valid = [n for n, p in params.items() if n != "num_classes" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
     for key in options:
         if key not in valid:
             raise ConfigError(_unknown_message(section, key, valid))
+    hints = _builder_hints(builder)
+    return {k: _coerce(v, hints[k], f"{section}.{k}") if k in hints and k != "model" else v for k, v in options.items()}
+
+
+def _builder_hints(builder: Any) -> dict[str, Any]:
+    """The builder's annotations resolved (a class: its __init__'s); {} when they cannot be."""
+    import typing
+
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # annotations naming types the module imports only for type checkers
+        return {}

@@ -91,6 +91,9 @@ class EpochSampler(torch.utils.data.Sampler):
 
     Like DistributedSampler with set_epoch, plus `start` so a run stopped mid-epoch resumes at
     the very next batch. The order is padded (as DistributedSampler does) so ranks step together.
+    It yields (stream, index) pairs, stream fixed by (seed, epoch): the dataset seeds each sample's
+    augmentation with them, so the draws follow the sample (ranks, which see different samples,
+    differ), not the worker process, and a resumed epoch continues the same stream.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
@@ -111,7 +114,8 @@ class EpochSampler(torch.utils.data.Sampler):
         return order[self.rank::self.world]
 
     def __iter__(self):
-        return iter(self._order()[self.start:])
+        stream = (self.seed * 1_000_003 + self.epoch) % 2**31
+        return iter([(stream, index) for index in self._order()[self.start:]])
 
     def __len__(self) -> int:
         return -(-self.n // self.world) - self.start

@@ -3,7 +3,7 @@
 Stages: generate the data; train `cnn`; train `ca_stream` on the frozen trained cnn and `intr`
 (and `icn` if asked) with their backbone initialised from it; evaluate every method with every
 metric; write the leaderboard, figures and report.html to results/<dataset>/. Each stage is
-described in configs/quickstart.yaml (`stages:`; a `{cnn}` in an option stands for the trained
+described in xbench/configs/quickstart.yaml (`stages:`; a `{cnn}` in an option stands for the trained
 cnn's checkpoint). Finished stages are skipped, and say so; `fresh=True` redoes everything.
 """
 
@@ -46,7 +46,8 @@ def load_quickstart(path: str | Path | None = None, overrides: list[str] | tuple
     optional = set(data.pop("optional_stages", []))
     if not isinstance(stages, dict) or "cnn" not in stages:
         raise ConfigError(f"{path} needs a 'stages:' mapping that starts with cnn")
-    data = merge_layers(data, overrides_layer(list(overrides)))
+    user = overrides_layer(list(overrides))  # the user's settings win over the file and every stage's own
+    data = merge_layers(data, user)
     base = config_from_dict(data)
     cnn_checkpoint = str(base.run_dir("cnn") / "best.pt")
     configs = {}
@@ -55,7 +56,8 @@ def load_quickstart(path: str | Path | None = None, overrides: list[str] | tuple
         if name in optional and not with_icn:
             continue
         stage = _substitute(stage, "{cnn}", cnn_checkpoint)
-        configs[name] = config_from_dict(merge_layers({k: v for k, v in data.items() if k != "evaluate"}, stage))
+        layers = merge_layers(merge_layers({k: v for k, v in data.items() if k != "evaluate"}, stage), user)
+        configs[name] = config_from_dict({k: v for k, v in layers.items() if k != "evaluate"})
     if not with_icn:
         base.evaluate.methods = [m for m in base.evaluate.methods if "icn" not in m]
     return base, configs
@@ -102,7 +104,7 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
     log.info("data: %s (%.0f s)", root, times["data"])
 
     retrained = fresh
-    accuracies = {}
+    val_accuracies = {}
     upstream = None
     for name, cfg in stages.items():
         t0 = time.time()
@@ -114,7 +116,7 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
             resume = (cfg.run_dir() / "last.pt").is_file() and not fresh
             done = train(cfg, resume=resume, fresh=not resume, progress=progress)
             retrained = True
-        accuracies[name] = done["best_acc1"]  # the quickstart validates on its test split
+        val_accuracies[name] = done["best_acc1"]  # on the hold-out of the training images
         times[f"train {name}"] = time.time() - t0
         if name == "cnn":
             upstream = cfg.run_dir() / "best.pt"
@@ -128,14 +130,21 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
     written = full_report(results)
     times["report"] = time.time() - t0
     times["total"] = time.time() - started
+    test_accuracies = test_accuracy(written["board"])
     summary = {"seconds": {k: round(v, 1) for k, v in times.items()},
-               "test_acc1": {k: round(v, 4) for k, v in accuracies.items()},
-               "below_bar": [k for k, v in accuracies.items() if v < ACCURACY_BAR],
+               "val_acc1": {k: round(v, 4) for k, v in val_accuracies.items()},
+               "test_acc1": {k: round(v, 4) for k, v in test_accuracies.items()},
+               "below_bar": [k for k, v in test_accuracies.items() if v < ACCURACY_BAR],
                "pointing_game_parts": pointing_game_on_parts(written["board"]),
                "report": str(written["report"]), "leaderboard": str(results / "leaderboard.md")}
     atomic_write_json(results / "quickstart.json", summary)
     summary["terminal_table"] = terminal_table(written["board"])
     return summary
+
+
+def test_accuracy(board) -> dict[str, float]:
+    """Each model's acc@1 on the evaluated test images (the leaderboard's accuracy column)."""
+    return {str(model): float(acc) for model, acc in board.accuracy.groupby("model", sort=False)["acc1"].first().items()}
 
 
 def pointing_game_on_parts(board) -> dict[str, float]:

@@ -74,7 +74,7 @@ def test_a_damaged_dataset_trains_and_evaluates_and_lists_every_problem(damaged,
     names = {i: p.name for i, p in _images(damaged).items()}
     assert "cannot decode" in skipped[names[1]] and "empty file" in skipped[names[2]]
     assert "not an image" in skipped[names[3]]
-    assert names[19] in skipped  # the test split is checked during validation too
+    assert names[19] not in skipped  # training validates on a hold-out of train: it never reads the test split
     for converted in (4, 5, 6):  # CMYK, 16-bit and 1x1 images are read, not skipped
         assert names[converted] not in skipped
     problems = " ".join(p["reason"] for p in summary["dataset_problems"])
@@ -90,7 +90,7 @@ def test_a_damaged_dataset_trains_and_evaluates_and_lists_every_problem(damaged,
     assert len(load_results(out)[0]) == 2 * (9 - 1)
     check = runner.invoke(app, ["data", "check", "--dataset", "damaged", "--set", "dataset.format=cub",
                                 "--data-root", str(damaged)])
-    assert check.exit_code == 0 and "problem(s) found" in check.output and names[1] in check.output
+    assert check.exit_code == 1 and "problem(s) found" in check.output and names[1] in check.output
 
 
 # ---------------------------------------------------------------------------- hostile checkpoints

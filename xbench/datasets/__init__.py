@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,10 +12,20 @@ from tqdm import tqdm
 
 from ..registry import DATASETS
 from . import cub, folder, imagenet, synth  # noqa: F401  (registration)
-from .base import CheckReport, DatasetError, ImageDataset, Problem, Skipped, UnreadableImage, collate, load_rgb
+from .base import (
+    CheckReport,
+    DatasetError,
+    ImageDataset,
+    Problem,
+    Skipped,
+    UnreadableImage,
+    collate,
+    load_rgb,
+    stratified_subset,
+)
 from .transforms import build_transform, denormalise, normalise
 
-__all__ = ["build_dataset", "make_loader", "check_dataset", "collate", "ImageDataset", "DatasetError", "Skipped",
+__all__ = ["build_dataset", "training_data", "TrainingData", "HOLDOUT", "stratified_subset", "make_loader", "check_dataset", "collate", "ImageDataset", "DatasetError", "Skipped",
            "UnreadableImage", "load_rgb", "build_transform", "denormalise", "normalise", "CheckReport", "Problem"]
 
 
@@ -23,6 +34,39 @@ def build_dataset(cfg, split: str, train: bool = False) -> ImageDataset:
     transform = build_transform(cfg.train_transform if train else cfg.eval_transform, cfg.image_size, train,
                                 cfg.mean, cfg.std)
     return DATASETS.build(cfg.loader, cfg, split, transform)
+
+
+HOLDOUT = "holdout"
+
+
+@dataclass
+class TrainingData:
+    """What training reads: `train` (train transform), `val` (eval transform) and where val came from."""
+
+    train: ImageDataset
+    val: ImageDataset
+    source: str
+
+
+def training_data(cfg, seed: int) -> TrainingData:
+    """The train split and the validation data `cfg.val_split` names: a split of the data's own, or a
+    hold-out of `val_fraction` of the train split drawn from `seed` (the run's) and stratified by class,
+    left out of training: every run with that seed holds out the same images."""
+    train = build_dataset(cfg, cfg.train_split, train=True)
+    if cfg.val_split != HOLDOUT:
+        val = build_dataset(cfg, cfg.val_split)
+        if val.classes != train.classes:
+            raise DatasetError(f"the {cfg.val_split} and {cfg.train_split} splits of {cfg.name} list different classes")
+        return TrainingData(train, val, f"the {cfg.val_split} split ({len(val)} images)")
+    if not 0 < cfg.val_fraction < 1:
+        raise DatasetError(f"dataset.val_fraction must be between 0 and 1 for a hold-out, got {cfg.val_fraction}")
+    labels = [r.label for r in train.records]
+    held = stratified_subset(labels, max(1, round(cfg.val_fraction * len(labels))), seed)
+    kept = sorted(set(range(len(labels))) - set(held))
+    val = build_dataset(cfg, cfg.train_split).subset(held)
+    source = (f"a hold-out of {len(held)} {cfg.train_split} images ({100 * cfg.val_fraction:g}%, stratified by class, "
+              f"seed {seed}); {len(kept)} left to train on")
+    return TrainingData(train.subset(kept), val, source)
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool = False, num_workers: int = 0, sampler=None,

@@ -12,8 +12,10 @@ sample's class, ``parts`` (P,3) keypoints x, y, visible. A file that cannot be r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ class DatasetError(ValueError):
     """A dataset folder or annotation file that cannot be used as it is."""
 
 
-class UnreadableImage(Exception):
+class UnreadableImage(ValueError):
     def __init__(self, path, reason):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
@@ -151,6 +153,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def subset(self, indices: list[int]) -> ImageDataset:
+        """The same dataset (classes, transform, annotations) restricted to `indices`, renumbered 0.."""
+        return ImageDataset([self.records[i] for i in indices], self.classes, self.transform,
+                            self.discriminative_parts, self.problems, self._cache is not None, self.part_names)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -183,7 +190,11 @@ class ImageDataset(torch.utils.data.Dataset):
             sample["visible"] = torch.as_tensor(rec.parts[:, 2] > 0)
         return sample
 
-    def __getitem__(self, index: int) -> dict | Skipped:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | Skipped:
+        """Sample `key`: an index, or (stream, index) as training's sampler gives it, in which case the
+        random transform draws from a generator seeded by (stream, index) alone, so an image's
+        augmentation does not depend on the worker, the number of workers or what came before."""
+        stream, index = key if isinstance(key, tuple) else (None, key)
         rec = self.records[index]
         try:
             sample = self.raw(index)
@@ -195,7 +206,8 @@ class ImageDataset(torch.utils.data.Dataset):
             return Skipped(index, str(rec.path), f"annotation unreadable ({exc})")
         original = tuple(sample["image"].shape[-2:])
         if self.transform is not None:
-            sample = self.transform(sample)
+            with _seeded(None if stream is None else (stream * 1_000_003 + index) % 2**63):
+                sample = self.transform(sample)
         return self._finish(sample, index, rec.label, original)
 
     def _finish(self, sample: dict, index: int, label: int, original: tuple[int, int]) -> dict:
@@ -221,6 +233,22 @@ class ImageDataset(torch.utils.data.Dataset):
             visible = sample["visible"] & inside
             out["parts"] = torch.cat([xy, visible[:, None].float()], dim=1)
         return out
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    """torch's and Python's random draws from `seed` inside, the callers' states untouched (None: as is)."""
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            yield
+    finally:
+        random.setstate(state)
 
 
 def collate(samples: Sequence[dict | Skipped]) -> dict:
@@ -270,6 +298,24 @@ def collate(samples: Sequence[dict | Skipped]) -> dict:
     if all("parts" in s for s in good) and len({len(s["parts"]) for s in good}) == 1:
         batch["parts"] = torch.stack([s["parts"] for s in good])
     return batch
+
+
+def stratified_subset(labels: list[int], count: int, seed: int) -> list[int]:
+    """`count` indices of `labels` (sorted) drawn from `seed`, stratified by class: each class gives its
+    share (proportional to its size, largest remainders first), so classes of equal size give equally."""
+    n = len(labels)
+    if count >= n:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    quota = {c: count * len(members) / n for c, members in by_class.items()}
+    counts = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: (-(quota[c] - counts[c]), c))[:count - sum(counts.values())]:
+        counts[c] += 1
+    chosen = [i for c, members in sorted(by_class.items()) for i in rng.choice(members, counts[c], replace=False)]
+    return sorted(int(i) for i in chosen)
 
 
 def split_padded(batch: dict) -> list[dict]:

@@ -22,6 +22,8 @@ Layout written (read by `xbench.datasets.cub`)::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -37,6 +39,7 @@ from tqdm import tqdm
 
 from ..config import SynthConfig
 from ..registry import register_dataset
+from .base import DatasetError
 from .cub import read_cub
 
 GENERATOR_VERSION = 1
@@ -375,8 +378,7 @@ def generate(out: str | os.PathLike, settings: SynthSettings, workers: int = 1, 
     settings.validate()
     out = Path(out)
     meta_path = out / "synth.json"
-    meta = json.loads(json.dumps(  # through JSON, so tuples compare equal to what is read back
-        {"generator_version": GENERATOR_VERSION, **asdict(settings), "difficulty": asdict(settings.difficulty)}))
+    meta = _meta(settings)
     if out.exists() and any(out.iterdir()):
         if meta_path.is_file() and json.loads(meta_path.read_text()) == meta and (out / "images.txt").is_file():
             return out
@@ -456,11 +458,49 @@ def default_root(settings: SynthSettings) -> Path:
 
 
 def ensure_generated(cfg, workers: int | None = None, progress: bool = True) -> Path:
-    """Generate the benchmark a dataset config names (once) and return its root."""
-    settings = SynthSettings(**asdict(cfg.synth))
-    root = Path(cfg.root) if cfg.root else default_root(settings)
-    return generate(root, settings, workers=workers if workers is not None else (os.cpu_count() or 1),
-                    progress=progress)
+    """The benchmark a dataset config names, generated once, and its root.
+
+    A tree already at dataset.root (from `xbench data synth --out`) is used with its own settings when
+    the config gives none (dataset.synth unset); settings given must match it. Under torchrun one
+    process generates while the others wait on a lock next to the folder."""
+    settings = SynthSettings(**asdict(cfg.synth)) if cfg.synth is not None else None
+    root = Path(cfg.root) if cfg.root else default_root(settings or SynthSettings())
+    with _exclusive(root):
+        found = _settings_of(root)
+        if found is not None and (settings is None or _meta(settings) == found):
+            return root
+        if found is not None:
+            differ = ", ".join(f"{k} {found.get(k)!r} there, {v!r} asked for" for k, v in asdict(settings).items()
+                               if found.get(k) != v) or "generator version"
+            raise DatasetError(f"dataset.root {root} holds a synthetic benchmark with other settings ({differ}); "
+                               "leave dataset.synth unset to use that tree as it is, set dataset.synth to match it, "
+                               "or choose another dataset.root")
+        return generate(root, settings or SynthSettings(), progress=progress,
+                        workers=workers if workers is not None else (os.cpu_count() or 1))
+
+
+def _meta(settings: SynthSettings) -> dict:
+    """What synth.json records of `settings` (through JSON, so tuples compare equal to what is read back)."""
+    return json.loads(json.dumps({"generator_version": GENERATOR_VERSION, **asdict(settings),
+                                  "difficulty": asdict(settings.difficulty)}))
+
+
+def _settings_of(root: Path) -> dict | None:
+    """The settings a finished tree at `root` was generated with, else None."""
+    meta = root / "synth.json"
+    return json.loads(meta.read_text()) if meta.is_file() and (root / "images.txt").is_file() else None
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path):
+    """An exclusive lock on `root`'s generation (a file beside it), held until the tree is complete."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @register_dataset("synth", description="xbench's procedural part-annotated benchmark (CUB layout)")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .. import distributed as D
 from ..config import Config
 from ..datasets import build_dataset, make_loader
+from ..datasets.base import stratified_subset
 from ..methods.classes import class_index_map
 from ..metrics import column_table
 from .artefacts import FigureArtefacts
@@ -67,22 +68,9 @@ def check_limit(limit: int | None) -> None:
 
 
 def evaluation_indices(labels: list[int], limit: int | None, seed: int) -> list[int]:
-    """All samples, or a seeded subset of `limit` (sorted) stratified by class: each class gives its share
-    of `limit` (proportional to its size, largest remainders first), so classes of equal size give equally."""
-    n = len(labels)
+    """All samples, or a seeded subset of `limit` (sorted), stratified by class (see stratified_subset)."""
     check_limit(limit)
-    if limit is None or limit >= n:
-        return list(range(n))
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(label, []).append(index)
-    quota = {c: limit * len(members) / n for c, members in by_class.items()}
-    counts = {c: int(q) for c, q in quota.items()}
-    for c in sorted(quota, key=lambda c: (-(quota[c] - counts[c]), c))[:limit - sum(counts.values())]:
-        counts[c] += 1
-    chosen = [i for c, members in sorted(by_class.items()) for i in rng.choice(members, counts[c], replace=False)]
-    return sorted(int(i) for i in chosen)
+    return list(range(len(labels))) if limit is None else stratified_subset(labels, limit, seed)
 
 
 class Evaluator:
@@ -94,6 +82,8 @@ class Evaluator:
         ev = cfg.evaluate
         self.split = ev.split or cfg.dataset.eval_split
         check_limit(ev.limit)
+        if not [m for m in ev.methods if m.strip()]:
+            raise ValueError("evaluate.methods (--methods) is empty: name at least one, e.g. --methods gradcam,rise")
         self.methods = parse_methods(ev.methods)
         self.metrics = selected_metrics(ev.metrics, ev.parameter_randomisation)
         self.target = resolve_target(ev.protocol, ev.target)
@@ -127,7 +117,7 @@ class Evaluator:
             if ctx.is_main:
                 self.store.prepare(self.fingerprint(dataset, indices), self.cfg.to_yaml(exclude=("model", "train")),
                                    column_table(self.metrics), {n: m.describe() for n, m in self.models.items()},
-                                   fresh=fresh)
+                                   fresh=fresh, device=ctx.device)
             D.barrier(ctx)
             done = self.store.done_shards()
             todo = [s for s in range(len(shards)) if s not in done]
@@ -140,9 +130,15 @@ class Evaluator:
                 self._setup(dataset, indices)
                 bar = tqdm(total=sum(len(shards[s]) for s in mine), desc=f"evaluate {self.out.name}", unit="img",
                            disable=not (self.progress and ctx.is_main))
-                for shard in mine:
-                    self._run_shard(dataset, shard, shards[shard], bar)
-                bar.close()
+                try:
+                    for shard in mine:
+                        self._run_shard(dataset, shard, shards[shard], bar)
+                except KeyboardInterrupt:
+                    kept = len(self.store.done_shards() & set(range(len(shards))))
+                    raise KeyboardInterrupt(f"{kept} of {len(shards)} shards are kept in {self.out}; run the same "
+                                            "command again to resume from the next one") from None
+                finally:
+                    bar.close()
             D.barrier(ctx)
             if ctx.is_main:
                 summary = {"dataset": self.cfg.dataset.name, "split": self.split, "samples": len(indices),
@@ -191,9 +187,10 @@ def stack_curves(curves: dict[str, list]) -> dict[str, np.ndarray]:
 
 
 def evaluate(cfg: Config, *, out: str | Path | None = None, fresh: bool = False, wait: bool = False,
-             progress: bool = True) -> Path:
-    """Score every method of `cfg.evaluate` on the evaluation split; returns the results directory."""
-    ctx = D.init_distributed()
+             progress: bool = True, device: str | None = None) -> Path:
+    """Score every method of `cfg.evaluate` on the evaluation split; returns the results directory.
+    `device`: cpu, cuda or cuda:N (default: CUDA when present)."""
+    ctx = D.init_distributed(device)
     try:
         return Evaluator(cfg, out, progress, ctx).run(fresh=fresh, wait=wait)
     finally:

@@ -36,7 +36,7 @@ class Explanation:
 
 
 def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k: int = 5, target: int | None = None,
-                  options: dict | None = None, config: Config | None = None) -> Explanation:
+                  options: dict | None = None, config: Config | None = None, device: str | None = None) -> Explanation:
     """Predict `image` with the checkpoint's model and explain `target` (default: the top class) with
     `method` (explainer@model, or a short form).
 
@@ -48,7 +48,8 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
     model_options = dict(given.model.options) if given.model.name == spec.model else {}
     model, info = load_model(checkpoint, expect=spec.model, options=model_options,
                              pinned={k for k in model_options if given.is_explicit(f"model.{k}")})
-    model.eval()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
     cfg = config_from_dict(info["config"]) if info.get("config") else given
     if not info.get("config") and not given.is_explicit("dataset.image_size"):
         cfg.dataset.image_size = _native_size(model, cfg.dataset.image_size)
@@ -58,7 +59,7 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
     transform = build_transform(cfg.dataset.eval_transform, cfg.dataset.image_size, False, cfg.dataset.mean,
                                 cfg.dataset.std)
     pixels = torch.from_numpy(load_rgb(image)).permute(2, 0, 1)
-    batch = transform(as_tv_sample(pixels))["image"].as_subclass(torch.Tensor)[None]
+    batch = transform(as_tv_sample(pixels))["image"].as_subclass(torch.Tensor)[None].to(device)
     with torch.no_grad():
         probs = model(batch).float().softmax(-1)[0]
     top = probs.topk(min(top_k, len(probs)))
@@ -66,12 +67,12 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
     if not 0 <= target < len(names):
         raise ValueError(f"target class {target} does not exist; the model has classes 0..{len(names) - 1}")
     explainer = build_explainer(spec.explainer, model, **(options or {}))
-    saliency = rescale_maps(explainer(batch, [target]), tuple(batch.shape[-2:]))[0].numpy()
-    raw = denormalise(batch[0], cfg.dataset.mean, cfg.dataset.std).clamp(0, 1).permute(1, 2, 0).numpy()
+    saliency = rescale_maps(explainer(batch, [target]), tuple(batch.shape[-2:]))[0].cpu().numpy()
+    raw = denormalise(batch[0], cfg.dataset.mean, cfg.dataset.std).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     heads = None
     if has_head_maps(spec.model):
         with torch.no_grad():
-            heads = model.attention_maps(batch, top.indices[None])[0].numpy()
+            heads = model.attention_maps(batch, top.indices[None])[0].cpu().numpy()
     ranked = [(names[i], float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())]
     return Explanation(raw, saliency, ranked, names[target], spec.label, heads)
 

@@ -3,7 +3,8 @@
     run.json            what the rows depend on (a resumed run must match it)
     columns.json        each metric column's direction, aggregate, scale, family (what reports read)
     models.json         each evaluated model as it ran: file, sha256, format, architecture, classes, training
-    config.yaml         the resolved config;  versions.json: torch, timm, grad-cam, captum, ...
+    config.yaml         the resolved config (less the model and train sections: models.json says what ran)
+    provenance.json     date, command, Python, package versions, device, git commit of the session
     shards/00003.csv    one row per (sample, method); written last, so it marks the shard done
     shards/00003.npz    curves (insertion/deletion, box hits), aligned with the CSV's rows; curves of
                         different lengths (images of different sizes) are NaN-padded to the longest,
@@ -25,16 +26,15 @@ import json
 import os
 import socket
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..config import flatten
 from ..files import atomic_write, atomic_write_json, atomic_write_text
-
-PACKAGES = ("xbench", "torch", "torchvision", "timm", "grad-cam", "captum", "numpy", "pandas")
+from ..provenance import provenance
 
 
 class StoreLocked(RuntimeError):
@@ -43,16 +43,6 @@ class StoreLocked(RuntimeError):
 
 class StoreMismatch(ValueError):
     """The directory holds a run with other settings."""
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _save_npz(arrays: dict[str, np.ndarray]):
@@ -94,7 +84,7 @@ class ResultStore:
     # -------------------------------------------------------------------- setup
 
     def prepare(self, fingerprint: dict[str, Any], config_text: str, columns: dict[str, dict],
-                models: dict[str, dict], fresh: bool = False) -> None:
+                models: dict[str, dict], fresh: bool = False, device=None) -> None:
         """Check or record what the rows depend on and how its columns are read; clear temporaries of a
         killed run."""
         run = self.root / "run.json"
@@ -102,7 +92,7 @@ class ResultStore:
         if run.exists() and not fresh and self.done_shards():  # only finished work needs protecting
             stored = json.loads(run.read_text())
             if stored != fingerprint:
-                old, new = _flat(stored), _flat(fingerprint)
+                old, new = flatten(stored), flatten(fingerprint)
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise StoreMismatch(f"{self.root} holds a run with other settings ({', '.join(diff)} differ); "
                                     "evaluate into another --out, or pass --fresh to replace it")
@@ -117,7 +107,7 @@ class ResultStore:
         atomic_write_json(self.root / "columns.json", columns)
         atomic_write_json(self.root / "models.json", models)
         atomic_write_text(self.root / "config.yaml", config_text)
-        atomic_write_json(self.root / "versions.json", versions())
+        atomic_write_json(self.root / "provenance.json", provenance(device))
 
     # -------------------------------------------------------------------- shards
 
@@ -159,16 +149,6 @@ class ResultStore:
         summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
         atomic_write_json(self.root / "summary.json", summary)
         return rows
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as {dotted.key: value}, so a mismatch names the very setting that differs."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 def concat_ragged(arrays: list[np.ndarray]) -> np.ndarray:

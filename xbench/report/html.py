@@ -45,7 +45,7 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
     out = Path(out) if out else run_dir / "report.html"
     summary = json.loads((run_dir / "summary.json").read_text())
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
-    versions = (run_dir / "versions.json").read_text() if (run_dir / "versions.json").exists() else "{}"
+    versions = (run_dir / "provenance.json").read_text() if (run_dir / "provenance.json").exists() else "{}"
     shown = {k: v for k, v in summary.items() if k not in ("classes", "skipped_files", "dataset_problems")}
     skipped = summary.get("skipped_files", []) + summary.get("dataset_problems", [])
     parts = [

@@ -29,11 +29,13 @@ from tqdm import tqdm
 
 from .. import build_model
 from .. import distributed as D
-from ..checkpoints import checkpoint_payload, load_checkpoint, save_checkpoint
-from ..config import Config, TrainConfig
-from ..datasets import build_dataset, make_loader
+from ..checkpoints import INIT_OPTIONS, checkpoint_payload, load_checkpoint, save_checkpoint
+from ..config import Config, TrainConfig, check_builder_options, flatten
+from ..datasets import make_loader, training_data
 from ..files import atomic_write_json
 from ..metrics.accuracy import accuracy_topk
+from ..provenance import record_provenance
+from ..registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -150,21 +152,22 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.ctx = ctx or D.init_distributed()
         self.run_dir = cfg.run_dir()
+        self.requested = cfg.to_dict()  # the settings as asked for, before the model's own replace model.*
         self.stop_requested = False
+        self.stopped_by: str | None = None
         self.skipped: dict[str, dict] = {}  # path -> what was skipped (each file once, train or val)
 
     # -------------------------------------------------------------------- setup
 
     def _setup(self):
         cfg, ctx = self.cfg, self.ctx
-        self.train_set = build_dataset(cfg.dataset, cfg.dataset.train_split, train=True)
-        self.val_set = build_dataset(cfg.dataset, cfg.dataset.eval_split, train=False)
-        if self.val_set.classes != self.train_set.classes:
-            raise ValueError(f"{cfg.dataset.eval_split} and {cfg.dataset.train_split} splits list different classes")
+        data = training_data(cfg.dataset, cfg.seed)
+        self.train_set, self.val_set, self.val_source = data.train, data.val, data.source
+        log.info("validating on %s", self.val_source)
         if len(self.train_set) == 0:
             raise ValueError(f"the {cfg.dataset.train_split} split of {cfg.dataset.name} has no images")
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model.name, num_classes=self.train_set.num_classes, **cfg.model.options)
+        self.model = build_model(cfg.model.name, num_classes=self.train_set.num_classes, **self.validate())
         self.model.to(ctx.device)
         self.channels_last = cfg.train.channels_last
         if self.channels_last:
@@ -199,24 +202,54 @@ class Trainer:
 
     # -------------------------------------------------------------------- run
 
-    def fit(self, resume: bool = False, fresh: bool = False) -> dict:
+    def validate(self) -> dict:
+        """Refuse settings that cannot run before touching the run directory: the model's options (names
+        and types; the run's seed goes to a builder that takes one), optimiser, schedule, precision.
+        Returns the model's options as the builder gets them."""
+        cfg = self.cfg
+        builder = MODELS.get(cfg.model.name).factory
+        options = dict(cfg.model.options)
+        if "seed" in inspect.signature(builder).parameters and "seed" not in options:
+            options["seed"] = cfg.seed  # weights drawn from the run's seed, the same on every rank
+        checked = check_builder_options(builder, options)
+        build_optimizer(nn.Linear(1, 1), cfg.train)
+        lr_factor(cfg.train, 1, cfg.train.lr)
+        self._precision()
+        return checked
+
+    def fit(self, resume: bool = False, fresh: bool = False, allow_changes: bool = False) -> dict:
         cfg, ctx = self.cfg, self.ctx
+        self.validate()
         last = self.run_dir / "last.pt"
+        if resume and fresh:
+            raise ValueError("--resume and --fresh contradict each other: pick one")
+        if resume and not last.exists():
+            raise FileNotFoundError(f"--resume: {self.run_dir} holds no last.pt to continue; drop --resume to start "
+                                    "a new run")
         if last.exists() and not (resume or fresh):
             done = load_checkpoint(last).get("epoch", "?")
             raise RunExistsError(f"{self.run_dir} already holds a run (last.pt after epoch {done} of "
                                  f"{cfg.train.epochs}); pass --resume to continue it or --fresh to start over")
+        changes = self._changes_since(last) if resume else []
+        if changes and not allow_changes:
+            raise ValueError(f"{last} was trained with other settings ({'; '.join(changes)}); resume with the same "
+                             "settings, or pass --allow-changes to continue with the new ones (recorded)")
         self._setup()
         if ctx.is_main:  # what a checkpoint write killed mid-way left behind
             for stale in self.run_dir.glob(".*.tmp"):
                 stale.unlink()
-        state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_acc1": -1.0, "history": [], "totals": {}}
-        if resume and last.exists():
+        state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_acc1": -1.0, "history": [], "totals": {},
+                 "changes": []}
+        if resume:
             state = self._restore(last)
+            if changes:
+                state["changes"] = state.get("changes", []) + [{"epoch": state["epoch"], "step": state["step"],
+                                                                "changed": changes}]
+                log.warning("resuming with changed settings: %s", "; ".join(changes))
         elif ctx.is_main:
             self._clear_run_files()
         if ctx.is_main:
-            cfg.save(self.run_dir / "config.yaml")
+            self._record_what_runs()
         writer = self._tensorboard(state["step"])
         previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -247,9 +280,30 @@ class Trainer:
                 writer.close()
         return self._summary(state, time.time() - start)
 
+    def _changes_since(self, last: Path) -> list[str]:
+        """Settings that decide the run (model, data, training; not where or how fast) that differ from
+        those `last` was trained with (as asked for), as 'key: old -> new'."""
+        stored = load_checkpoint(last)
+        before = flatten(stored.get("requested") or stored.get("config") or {})
+        now = flatten(self.requested)
+        neutral = ("output_dir", "evaluate.", "dataset.num_workers", "dataset.cache_images", "dataset.root",
+                   "train.max_steps", "train.log_tensorboard", "train.compile", "model.seed")
+        keys = sorted(k for k in set(before) | set(now) if not k.startswith(neutral) and before.get(k) != now.get(k))
+        return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys]
+
+    def _record_what_runs(self) -> None:
+        """config.yaml with the model's options as built (the architecture an init_from file decided, not a
+        recipe default it overrode) and provenance.json with every session's environment and command."""
+        built = dict(getattr(self.model, "arch_options", {}))
+        kept = {k: v for k, v in self.cfg.model.options.items() if k in INIT_OPTIONS}
+        self.cfg.model.options = {**kept, **built}
+        self.cfg.save(self.run_dir / "config.yaml")
+        record_provenance(self.run_dir / "provenance.json", self.ctx.device)
+
     def _request_stop(self, signum, frame):
         log.warning("signal %d: finishing this step, saving last.pt, then stopping", signum)
         self.stop_requested = True
+        self.stopped_by = signal.Signals(signum).name
 
     def _should_stop(self, state) -> bool:
         stop = self.stop_requested or (self.cfg.train.max_steps is not None and state["step"] >= self.cfg.train.max_steps)
@@ -346,18 +400,21 @@ class Trainer:
     # -------------------------------------------------------------------- files
 
     def _save(self, state: dict, name: str) -> None:
+        """last.pt: everything a resume needs; best.pt: the weights and their description only."""
         rngs = [rng_state()]
         if self.ctx.distributed:
             rngs = [None] * self.ctx.world_size
             torch.distributed.all_gather_object(rngs, rng_state())
         if not self.ctx.is_main:
             return
-        payload = checkpoint_payload(
-            self.model, self.cfg.model.name, self.train_set.num_classes, self.train_set.classes, self.cfg.to_dict(),
-            epoch=state["epoch"], step=state["step"], step_in_epoch=state["step_in_epoch"],
-            best_acc1=state["best_acc1"], history=state["history"], totals=state["totals"],
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rngs)
+        extra = {"epoch": state["epoch"], "best_acc1": state["best_acc1"], "validation": self.val_source,
+                 "requested": self.requested}
+        if name == "last.pt":
+            extra.update(step=state["step"], step_in_epoch=state["step_in_epoch"], history=state["history"],
+                         totals=state["totals"], changes=state["changes"], optimizer=self.optimizer.state_dict(),
+                         scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rngs)
+        payload = checkpoint_payload(self.model, self.cfg.model.name, self.train_set.num_classes,
+                                     self.train_set.classes, self.cfg.to_dict(), **extra)
         save_checkpoint(self.run_dir / name, payload)
 
     def _restore(self, path: Path) -> dict:
@@ -369,6 +426,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         state = {k: ckpt[k] for k in ("epoch", "step", "step_in_epoch", "best_acc1", "history", "totals")}
+        state["changes"] = ckpt.get("changes", [])
         if state["step_in_epoch"]:
             rngs = ckpt["rng"]
             if len(rngs) != self.ctx.world_size:
@@ -421,7 +479,8 @@ class Trainer:
         summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "epochs_done": state["epoch"],
                    "epochs": self.cfg.train.epochs, "steps": state["step"], "best_acc1": state["best_acc1"],
                    "final_acc1": last.get("val_acc1"), "final_acc5": last.get("val_acc5"),
-                   "seconds": round(seconds, 1), "skipped_files": skipped,
+                   "seconds": round(seconds, 1), "validation": self.val_source, "stopped_by": self.stopped_by,
+                   "resumed_with_changes": state["changes"], "skipped_files": skipped,
                    "dataset_problems": [{"path": q.path, "reason": q.reason}
                                         for q in self.train_set.problems + self.val_set.problems],
                    "finished": state["epoch"] >= self.cfg.train.epochs}
@@ -432,10 +491,12 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, *, resume: bool = False, fresh: bool = False, progress: bool = True) -> dict:
-    """Train `cfg.model` on `cfg.dataset` with `cfg.train`; returns the run summary."""
-    ctx = D.init_distributed()
+def train(cfg: Config, *, resume: bool = False, fresh: bool = False, allow_changes: bool = False,
+          progress: bool = True, device: str | None = None) -> dict:
+    """Train `cfg.model` on `cfg.dataset` with `cfg.train`; returns the run summary. `device`: cpu,
+    cuda or cuda:N (default: CUDA when present)."""
+    ctx = D.init_distributed(device)
     try:
-        return Trainer(cfg, ctx, progress).fit(resume=resume, fresh=fresh)
+        return Trainer(cfg, ctx, progress).fit(resume=resume, fresh=fresh, allow_changes=allow_changes)
     finally:
         D.shutdown(ctx)
