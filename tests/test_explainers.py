@@ -42,8 +42,8 @@ def images():
 
 
 @pytest.mark.parametrize("name, cam_class", [("gradcam", pytorch_grad_cam.GradCAM),
-                                             ("gradcampp", pytorch_grad_cam.GradCAMPlusPlus),
-                                             ("scorecam", pytorch_grad_cam.ScoreCAM)])
+                                             ("gradcampp_library", pytorch_grad_cam.GradCAMPlusPlus),
+                                             ("scorecam_library", pytorch_grad_cam.ScoreCAM)])
 def test_maps_equal_the_library_called_directly(models, images, name, cam_class):
     model = models["cnn"]
     targets = [4, 0, 2]

@@ -13,7 +13,8 @@ import torchvision
 
 import xbench
 from xbench.checkpoints import CheckpointError, checkpoint_payload, load_checkpoint, save_checkpoint
-from xbench.methods.intr import KANLinear, from_detr, load_official_intr
+from xbench.methods.icn import KANLinear
+from xbench.methods.intr import from_detr, load_official_intr
 
 TINY_INTR = {"backbone": "resnet18", "output_stride": 16, "hidden_dim": 32, "nheads": 4, "enc_layers": 1,
              "dec_layers": 2, "dim_feedforward": 64, "dropout": 0.0}
@@ -122,7 +123,7 @@ def test_from_detr_follows_the_fine_tuning_recipe(official_files):
     for (k, a), b in zip(many.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
     icn = from_detr(detr_file, num_classes=20, model="icn")
-    assert hasattr(icn, "presence_kan") and not hasattr(icn, "presence_vector")
+    assert hasattr(icn, "kan_cls") and not hasattr(icn, "presence_vector")
     with pytest.raises(CheckpointError, match="does not fit this INTR configuration"):
         from_detr(detr_file, num_classes=5, hidden_dim=128)
 

@@ -29,7 +29,7 @@ from .files import atomic_write
 FORMAT_VERSION = 1
 # Options that point at files used to initialise a model; a checkpoint's own weights replace
 # them, so they are not stored (and a rebuilt model never needs those files).
-INIT_OPTIONS = ("init_from", "backbone_weights", "init_backbone_from", "detr_weights", "reinit_head")
+INIT_OPTIONS = ("init_from", "backbone_weights", "init_backbone_from", "detr_weights", "reinit_head")  # files
 SAFE_FOREIGN_GLOBALS = (argparse.Namespace,)
 
 
@@ -115,14 +115,15 @@ def guess_family(state: dict[str, torch.Tensor]) -> str:
     if any(k.startswith("transformer.") for k in keys):
         if "class_embed.weight" in keys or any(k.startswith("bbox_embed.") for k in keys):
             return "detr"
-        if any(k.startswith("presence_kan.") for k in keys):
+        if any(k.startswith("kan_cls.") for k in keys):
             return "icn"
         if "presence_vector.weight" in keys:
             return "intr"
         return "unknown transformer"
-    if "cls_token" in keys and any(k.startswith("backbone.") for k in keys) and any(
-            k.startswith("blocks.") for k in keys):
-        return "ca_stream"
+    if "cls_token" in keys and (("base.to_out.1.weight" in keys or "cls_stream.0.to_out.1.weight" in keys)
+                                or (any(k.startswith("backbone.") for k in keys)
+                                    and any(k.startswith("blocks.") for k in keys))):
+        return "ca_stream"  # xbench's layout or the official one
     if any(k.endswith("fc.weight") or k.startswith(("conv1.", "stem.", "features.")) for k in keys):
         return "cnn"
     return "unknown"

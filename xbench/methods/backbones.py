@@ -177,7 +177,8 @@ def check_input_size(images: torch.Tensor, minimum: int, what: str) -> None:
 def default_cam_layer(model: nn.Module) -> nn.Module:
     """The layer CAMs use by default: a model's own choice, else by family — a vision transformer's
     last block's first norm (its output still depends on every patch token), a Swin's final norm (the
-    features its head pools), a CNN's last stage."""
+    features its head pools), a ConvNeXt's last block's second MLP layer (channels last, before its
+    layer scale and residual: the CA-Stream paper's choice), another CNN's last stage."""
     if hasattr(model, "cam_target_layer"):
         return model.cam_target_layer()
     if is_timm_vit(model):
@@ -186,6 +187,10 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
         return model.encoder.layers[-1].ln_1
     if _is_swin(model):
         return model.norm
+    if isinstance(model, timm.models.convnext.ConvNeXt):  # the CA-Stream paper's layer: last block's fc2
+        return model.stages[-1].blocks[-1].mlp.fc2
+    if isinstance(model, torchvision.models.ConvNeXt):
+        return model.features[-1][-1].block[5]
     for attr in ("layer4", "stages", "layers", "features", "blocks"):
         layer = getattr(model, attr, None)
         if layer is not None:
@@ -200,11 +205,12 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
 LAYOUTS = ("nchw", "nhwc", "tokens")
 
 
-def default_layout(model: nn.Module) -> str:
-    """'tokens' for vision transformers ((B, N, C) with prefix tokens), 'nhwc' for Swin, else 'nchw'."""
+def default_layout(model: nn.Module, layer: nn.Module | None = None) -> str:
+    """'tokens' for vision transformers ((B, N, C) with prefix tokens), 'nhwc' for Swin and for a CNN's
+    linear layer (ConvNeXt's MLP works channels last), else 'nchw'."""
     if is_timm_vit(model) or isinstance(model, torchvision.models.VisionTransformer):
         return "tokens"
-    if _is_swin(model):
+    if _is_swin(model) or isinstance(layer, nn.Linear):
         return "nhwc"
     return "nchw"
 

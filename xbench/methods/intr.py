@@ -5,18 +5,16 @@ feature map only), a 1x1 `input_proj`, sine positional encoding on the encoder o
 6+6-layer post-norm transformer, `query_embed` (C, d) used as the queries' positional
 embedding with zero decoder input, and one `presence_vector = Linear(d, 1)` shared by all
 classes: logits (B, C) = presence_vector(h_c). ICN swaps the presence vector for a shared
-one-output B-spline KAN and adds an orthogonality loss on the (orthogonally initialised) queries.
+one-output B-spline KAN and adds an orthogonality loss (icn.py).
 
-Converters: `from_detr` (the DETR-R50 fine-tuning recipe) and `load_official_intr` (official
-checkpoints with their argparse 'args', read under an allow-list).
+Converters: `from_detr` (the DETR-R50 fine-tuning recipe) and `read_official` (official INTR and
+ICN checkpoints with their argparse 'args', read under an allow-list).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -67,44 +65,11 @@ class Joiner(nn.Sequential):
         return features, mask, self[1](mask).to(features.dtype)
 
 
-class KANLinear(nn.Module):
-    """B-spline KAN layer: y = W_base silu(x) + sum_i spline_i(x_i), splines on a uniform grid."""
-
-    def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
-                 grid_range: tuple[float, float] = (-1.0, 1.0)):
-        super().__init__()
-        self.spline_order = spline_order
-        step = (grid_range[1] - grid_range[0]) / grid_size
-        knots = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32) * step + grid_range[0]
-        self.register_buffer("grid", knots.expand(in_features, -1).contiguous())
-        self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.base_weight, a=math.sqrt(5))
-        nn.init.normal_(self.spline_weight, std=0.1 / math.sqrt(self.base_weight.shape[1]))
-
-    def bases(self, x: torch.Tensor) -> torch.Tensor:
-        """B-spline bases by the Cox-de Boor recursion: (N, in) -> (N, in, grid_size + order)."""
-        g, x = self.grid, x[..., None]
-        b = ((x >= g[:, :-1]) & (x < g[:, 1:])).to(x.dtype)
-        for k in range(1, self.spline_order + 1):
-            b = ((x - g[:, :-(k + 1)]) / (g[:, k:-1] - g[:, :-(k + 1)]) * b[..., :-1]
-                 + (g[:, k + 1:] - x) / (g[:, k + 1:] - g[:, 1:-k]) * b[..., 1:])
-        return b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        out = F.linear(F.silu(flat), self.base_weight) + F.linear(self.bases(flat).flatten(1),
-                                                                  self.spline_weight.flatten(1))
-        return out.reshape(*x.shape[:-1], -1)
-
-
 class INTR(nn.Module):
     """forward(images (B,3,H,W), pad_mask (B,H,W) | None) -> logits (B, num_classes)."""
 
     head_name = "presence_vector"
+    family = "intr"
 
     def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int):
         super().__init__()
@@ -117,6 +82,11 @@ class INTR(nn.Module):
 
     def build_head(self, d: int) -> nn.Module:
         return nn.Linear(d, 1)
+
+    def init_head_for_detr(self) -> None:
+        """The head's initialisation when fine-tuning from DETR (the official recipe): Xavier, zero bias."""
+        nn.init.xavier_uniform_(self.presence_vector.weight)
+        nn.init.zeros_(self.presence_vector.bias)
 
     @property
     def num_classes(self) -> int:
@@ -154,30 +124,6 @@ class INTR(nn.Module):
 
     def cam_target_layer(self) -> nn.Module:
         return default_cam_layer(self.backbone[0].body)
-
-
-class ICN(INTR):
-    """INTR with a shared one-output KAN classifier and orthogonal class queries."""
-
-    head_name = "presence_kan"
-
-    def __init__(self, backbone, transformer, num_classes, grid_size: int = 5, spline_order: int = 3,
-                 orthogonality_weight: float = 1.0):
-        self.grid_size, self.spline_order = grid_size, spline_order
-        super().__init__(backbone, transformer, num_classes)
-        self.orthogonality_weight = orthogonality_weight
-        if num_classes < transformer.d_model:
-            nn.init.orthogonal_(self.query_embed.weight)
-
-    def build_head(self, d: int) -> nn.Module:
-        return KANLinear(d, 1, self.grid_size, self.spline_order)
-
-    def extra_losses(self) -> dict[str, torch.Tensor]:
-        """||Q Q^T - I||_F^2 on the L2-normalised queries, times `orthogonality_weight`."""
-        q = F.normalize(self.query_embed.weight, dim=1)
-        gram = q @ q.T
-        eye = torch.eye(len(q), device=q.device, dtype=q.dtype)
-        return {"orthogonality": self.orthogonality_weight * (gram - eye).pow(2).sum()}
 
 
 # ---------------------------------------------------------------------------- building
@@ -218,13 +164,15 @@ def build_intr(num_classes: int, backbone: str = "resnet50", output_stride: int 
                dropout: float = 0.1, channels: list[int] | None = None, stem_width: int | None = None,
                frozen_batchnorm: bool = True, freeze_backbone: bool = False, attention_impl: str = "sdpa",
                backbone_weights: str | None = None, init_backbone_from: str | None = None,
-               detr_weights: str | None = None, seed: int = 0) -> INTR:
+               detr_weights: str | None = None, init_from: str | None = None, reinit_head: bool = False,
+               seed: int = 0) -> INTR:
     """INTR with the paper's defaults (DETR-R50); every size is configurable for CPU runs.
 
-    Backbone initialisation (at most one): `backbone_weights` (timm/torchvision ResNet file),
-    `init_backbone_from` (a trained xbench `cnn` checkpoint: its architecture and weights), or
-    `detr_weights` (a DETR-R50 checkpoint: the whole model, per the INTR fine-tuning recipe).
-    Weights are drawn from `seed`, so every DDP rank builds the same model.
+    Initialisation (at most one): `backbone_weights` (timm/torchvision ResNet file),
+    `init_backbone_from` (a trained xbench `cnn` checkpoint: its architecture and weights),
+    `detr_weights` (a DETR-R50 checkpoint: the whole model, per the INTR fine-tuning recipe), or
+    `init_from` (a whole INTR, xbench's or official: its architecture and weights; another class
+    count only with `reinit_head`). Weights are drawn from `seed`, so every DDP rank builds the same model.
     """
     return _build(INTR, {}, **locals())
 
@@ -232,10 +180,14 @@ def build_intr(num_classes: int, backbone: str = "resnet50", output_stride: int 
 def _build(cls, head_options: dict, *, num_classes: int, backbone: str, output_stride: int, hidden_dim: int,
            nheads: int, enc_layers: int, dec_layers: int, dim_feedforward: int, dropout: float, channels,
            stem_width, frozen_batchnorm: bool, freeze_backbone: bool, attention_impl: str, backbone_weights,
-           init_backbone_from, detr_weights, seed: int):
-    sources = [s for s in (backbone_weights, init_backbone_from, detr_weights) if s]
+           init_backbone_from, detr_weights, init_from, reinit_head: bool, seed: int):
+    sources = [s for s in (backbone_weights, init_backbone_from, detr_weights, init_from) if s]
     if len(sources) > 1:
-        raise ValueError("give at most one of backbone_weights, init_backbone_from, detr_weights")
+        raise ValueError("give at most one of backbone_weights, init_backbone_from, detr_weights, init_from")
+    if init_from:
+        from .loading import load_model
+
+        return load_model(init_from, expect=cls.family, num_classes=num_classes, reinit_head=reinit_head)[0]
     if output_stride not in (16, 32):
         raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
     cnn_state = None
@@ -262,19 +214,6 @@ def _build(cls, head_options: dict, *, num_classes: int, backbone: str, output_s
     return model
 
 
-def build_icn(num_classes: int, grid_size: int = 5, spline_order: int = 3, orthogonality_weight: float = 1.0,
-              **intr_options) -> ICN:
-    """ICN: INTR's architecture and options plus the KAN head and the orthogonality loss."""
-    defaults = {k: p.default for k, p in inspect.signature(build_intr).parameters.items() if k != "num_classes"}
-    head = {"grid_size": grid_size, "spline_order": spline_order, "orthogonality_weight": orthogonality_weight}
-    return _build(ICN, head, num_classes=num_classes, **{**defaults, **intr_options})
-
-
-# build_icn takes exactly INTR's options plus its own: say so in its signature, so configs are checked.
-build_icn.__signature__ = inspect.Signature(
-    [p for n, p in inspect.signature(build_icn).parameters.items() if n != "intr_options"]
-    + [p for n, p in inspect.signature(build_intr).parameters.items() if n != "num_classes"]
-)
 def randomisation_blocks(model: INTR) -> list[tuple[str, nn.Module]]:
     """Top first: the class head, the decoder's final norm and layers (last first), the class queries,
     the encoder layers (last first), the input projection, then the backbone's stages (last first)."""
@@ -288,11 +227,6 @@ def randomisation_blocks(model: INTR) -> list[tuple[str, nn.Module]]:
     blocks += [(f"backbone.0.body.{n}", m) for n, m in reversed(list(body.named_children()))
                if any(True for _ in m.parameters())]
     return blocks
-
-
-register_model("icn", description="ICN: INTR with a shared KAN classifier and orthogonal class queries",
-               explains="cross-attention of the class query", head_maps=True,
-               randomisation_blocks=randomisation_blocks)(build_icn)
 
 
 # ---------------------------------------------------------------------------- converters
@@ -316,10 +250,8 @@ def _load_detr(model: INTR, path: str) -> None:
         resized[len(queries):] += torch.randn(c - len(queries), queries.shape[1]) * 0.1
     state = {k: v for k, v in state.items() if not k.startswith(("class_embed.", "bbox_embed."))}
     state["query_embed.weight"] = resized
+    model.init_head_for_detr()
     head = getattr(model, model.head_name)
-    if isinstance(head, nn.Linear):
-        nn.init.xavier_uniform_(head.weight)
-        nn.init.zeros_(head.bias)
     state.update({f"{model.head_name}.{k}": v for k, v in head.state_dict().items()})
     try:
         model.load_state_dict(state, strict=True)
@@ -330,36 +262,47 @@ def _load_detr(model: INTR, path: str) -> None:
 
 def from_detr(path: str | Path, num_classes: int, model: str = "intr", **options) -> INTR:
     """INTR (or ICN) for `num_classes`, initialised from a DETR-R50 checkpoint."""
-    builder = build_intr if model == "intr" else build_icn
-    return builder(num_classes, detr_weights=str(path), **options)
+    from .. import build_model
+
+    return build_model(model, num_classes, detr_weights=str(path), **options)
 
 
 def load_official_intr(path: str | Path, num_classes: int | None = None) -> INTR:
-    """An official INTR checkpoint ('model', 'args' as argparse.Namespace) as an xbench INTR."""
-    return read_official_intr(load_checkpoint(path), str(path), num_classes)
+    """An official INTR (or ICN) checkpoint ('model', 'args' as argparse.Namespace) as an xbench model."""
+    return read_official(load_checkpoint(path), str(path), num_classes)
 
 
-def read_official_intr(ckpt: dict, source: str, num_classes: int | None = None, options: dict | None = None) -> INTR:
-    """`load_official_intr` on a checkpoint already read (the `reads_foreign` converter of `intr`); the
-    architecture comes from the file's 'args', so `options` are not used."""
+def read_official(ckpt: dict, source: str, num_classes: int | None = None, options: dict | None = None) -> INTR:
+    """An official INTR or ICN checkpoint already read (the `reads_foreign` converter of both); the
+    architecture comes from the file's 'args', so `options` are not used. Variants xbench does not
+    build (pre-norm, learned positions) are refused."""
+    from .. import build_model
+    from .loading import describe_family
+
     state = state_dict_of(ckpt)
     family = guess_family(state)
-    if family != "intr":
-        raise CheckpointError(f"{source} looks like a {family} checkpoint, not an official INTR one")
+    if family not in ("intr", "icn"):
+        raise CheckpointError(f"{source} looks like {describe_family(family)}, not an official INTR or ICN one")
     check_finite(state, source)
     stored = state["query_embed.weight"].shape[0]
     if num_classes is not None and num_classes != stored:
-        raise CheckpointError(f"{source} holds INTR for {stored} classes, but {num_classes} are asked for")
+        raise CheckpointError(f"{source} holds {family.upper()} for {stored} classes, but {num_classes} are asked for")
     args = vars(ckpt["args"]) if isinstance(ckpt.get("args"), argparse.Namespace) else {}
+    unsupported = [f"--{k} {v}" if v is not True else f"--{k}" for k, v in
+                   (("pre_norm", args.get("pre_norm")), ("position_embedding", args.get("position_embedding")))
+                   if v and v != "sine"]
+    if unsupported:
+        raise CheckpointError(f"{source} was trained with {' and '.join(unsupported)}; xbench builds the published "
+                              "post-norm model with sine positions only")
     keys = ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward", "dropout")
     options = {k: args[k] for k in keys if k in args}
     options["output_stride"] = 16 if args.get("dilation") else 32
     options["backbone"] = args.get("backbone", "resnet50")
-    model = build_intr(stored, **options)
+    model = build_model(family, num_classes=stored, **options)
     model.load_state_dict(state, strict=True)
     return model
 
 
 register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
                explains="cross-attention of the class query", head_maps=True, randomisation_blocks=randomisation_blocks,
-               reads_foreign=read_official_intr, foreign_format="official INTR checkpoint")(build_intr)
+               reads_foreign=read_official, foreign_format="official INTR checkpoint")(build_intr)

@@ -41,7 +41,7 @@ def load_model(path: str | os.PathLike, *, expect: str | None = None, num_classe
         model = _from_xbench(ckpt, path, expect, num_classes, reinit_head)
         ckpt = {**ckpt, "format": "xbench checkpoint"}
     else:
-        model, ckpt = _from_foreign(ckpt, path, expect, num_classes, options)
+        model, ckpt = _from_foreign(ckpt, path, expect, num_classes, options, reinit_head)
     stored = ckpt.get("class_names")
     if class_names is not None and stored and list(stored) != list(class_names) and not reinit_head:
         raise CheckpointError(f"{path} was trained on other classes (first: {stored[0]!r}, here: {class_names[0]!r})")
@@ -74,6 +74,12 @@ def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, 
                               "--reinit-head) to start the classifier afresh")
     model = build_model(name, num_classes=num_classes or stored, **options)
     if num_classes is None or num_classes == stored:
+        own = model.state_dict()
+        missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+        if missing or unexpected:
+            raise CheckpointError(f"{path} does not fit xbench's {name} ({len(missing)} weights missing, e.g. "
+                                  f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}): written by an "
+                                  f"xbench whose {name} differed? Retrain it, or read the original files it came from")
         model.load_state_dict(state, strict=True)
     else:
         load_matching(model, state, source=str(path))
@@ -84,8 +90,8 @@ def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, 
 DISTINCT_FAMILIES = ("detr", "intr", "icn", "ca_stream", "unknown transformer")
 
 
-def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
-                  options: dict) -> tuple[nn.Module, dict]:
+def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None, options: dict,
+                  reinit_head: bool = False) -> tuple[nn.Module, dict]:
     family = guess_family(state_dict_of(ckpt))
     if expect is not None and family in DISTINCT_FAMILIES and family != expect:
         raise CheckpointError(f"{path} holds {describe_family(family)}, not the {expect!r} model asked for")
@@ -98,7 +104,14 @@ def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
             f"{path} is not an xbench checkpoint (it looks like {describe_family(family)}); foreign files "
             f"are read for these models: {readers}; DETR weights go in through intr's detr_weights option"
         )
-    model = reader(ckpt, str(path), num_classes, options)
+    model = reader(ckpt, str(path), None if reinit_head else num_classes, options)
+    if reinit_head and num_classes is not None and num_classes != _class_count(model):
+        from .. import build_model
+
+        arch = {k: v for k, v in getattr(model, "arch_options", {}).items() if k not in INIT_OPTIONS}
+        fresh = build_model(family, num_classes=num_classes, **arch)
+        load_matching(fresh, model.state_dict(), source=str(path))
+        model = fresh
     info = {"model_name": family, "model_options": dict(getattr(model, "arch_options", {})),
             "num_classes": int(_class_count(model)), "class_names": None, "normalisation": {}, "config": {},
             "format": entry.meta.get("foreign_format", "foreign file").format(**info_options(model))}
