@@ -28,6 +28,8 @@ from xbench.metrics import (
 )
 from xbench.metrics.saliency import prepare
 
+from .test_protocols import gkern_by_hand, reflected_gaussian
+
 SIZE, A, C = 24, 1.5, 0.8
 REGION = (slice(11, 13), slice(11, 13))  # rows 11-12, columns 11-12: four pixels in the centre
 
@@ -45,11 +47,10 @@ def sigmoid(v):
 
 
 def blurred_region_sum():
-    """Sum over REGION of the 11x11, sigma-5 Gaussian blur of an image that is C on REGION, 0 elsewhere."""
-    weights = {d: math.exp(-d * d / 50.0) for d in range(-5, 6)}
-    z = sum(weights.values()) ** 2
+    """Sum over REGION of RISE's gkern(11, 5) blur of an image that is C on REGION, 0 elsewhere."""
+    g = reflected_gaussian(11, 5.0)
     pixels = [(r, c) for r in range(11, 13) for c in range(11, 13)]
-    return sum(C * weights[p[0] - q[0]] * weights[p[1] - q[1]] / z for p in pixels for q in pixels)
+    return sum(C * g[5 + p[0] - q[0]] * g[5 + p[1] - q[1]] for p in pixels for q in pixels)
 
 
 @pytest.fixture
@@ -69,8 +70,8 @@ def test_insertion_and_deletion_equal_the_hand_computation(constructed):
     def trapezoid(curve):
         return (sum(curve) - (curve[0] + curve[-1]) / 2) / n
 
-    good = insertion_deletion(model, image, perfect, torch.tensor([1]), step=4)
-    bad = insertion_deletion(model, image, inverted, torch.tensor([1]), step=4)
+    good = insertion_deletion(model, image, perfect, torch.tensor([1]), "rise", step=4)
+    bad = insertion_deletion(model, image, inverted, torch.tensor([1]), "rise", step=4)
     expected = {
         "good_del": [p_full] + [p_none] * n, "good_ins": [p_blur] + [p_full] * n,
         "bad_del": [p_full] * n + [p_none], "bad_ins": [p_blur] * n + [p_full],
@@ -137,9 +138,9 @@ def test_max_box_accuracy_on_known_maps():
     boxes = torch.tensor([[[4.0, 8.0, 20.0, 24.0]], [[4.0, 8.0, 20.0, 24.0]]])
     hits = max_box_accuracy(maps, boxes)
     assert hits["v1"].shape == (2, 100) and hits["v2"].shape == (2, 100, 3)
-    assert hits["v1"][0, 1:].all() and not hits["v1"][0, 0]  # tau 0 boxes the whole image: IoU 256/1024
-    assert not hits["v1"][1].any()  # the largest component is the far square
-    assert not hits["v2"][1].any()  # the blob inside has IoU 4/256
+    assert hits["v1"][0].all()  # every threshold keeps exactly the box (tau 0 keeps what is above 0)
+    assert not hits["v1"][1].any()  # the largest contour is the far square's
+    assert not hits["v2"][1].any()  # the blob inside has inclusive IoU 3 * 3 / (17 * 17)
     scores = summarise_box_hits(hits["v1"].numpy(), hits["v2"].numpy())
     assert scores == {"max_box_acc": 0.5, "max_box_acc_v2": 0.5}
 
@@ -185,7 +186,8 @@ def naive_insertion_deletion(model, image, saliency, target, step):
     s = prepare(saliency[None], (h, w)).maps[0].flatten()
     order = sorted(range(h * w), key=lambda i: (-float(s[i]), i))
     n = math.ceil(h * w / step)
-    blurred = xbench.metrics.perturbation.gaussian_blur(image[None])[0]
+    kernel = gkern_by_hand(5, 5.0).float().expand(3, 1, 5, 5)  # the default protocol's, CA-Stream's
+    blurred = torch.nn.functional.conv2d(image[None], kernel, padding=2, groups=3)[0]
     curves = {"insertion": [], "deletion": []}
     for k in range(n + 1):
         changed = torch.zeros(h * w, dtype=torch.bool)

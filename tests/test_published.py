@@ -97,7 +97,7 @@ def test_icn_from_detr_draws_its_head_as_the_official_loader():
     layer = icn.kan_cls.layers[0]
     icn.init_head_for_detr()
     bound = math.sqrt(6 / (1 + 32))  # Xavier-uniform of a (1, 32) weight
-    assert float(layer.base_weight.abs().max()) <= bound and float(layer.spline_scaler.abs().max()) <= bound
+    assert float(layer.base_weight.detach().abs().max()) <= bound and float(layer.spline_scaler.detach().abs().max()) <= bound
 
 
 # ---------------------------------------------------------------------------- CA-Stream

@@ -17,7 +17,7 @@ from ..datasets import build_transform, load_rgb
 from ..datasets.transforms import as_tv_sample, denormalise
 from ..methods.classes import model_classes
 from ..methods.loading import load_model
-from ..metrics.saliency import rescale_maps
+from ..metrics.saliency import prepare
 from .methods import has_head_maps, parse_methods
 
 
@@ -67,7 +67,7 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
     if not 0 <= target < len(names):
         raise ValueError(f"target class {target} does not exist; the model has classes 0..{len(names) - 1}")
     explainer = build_explainer(spec.explainer, model, **(options or {}))
-    saliency = rescale_maps(explainer(batch, [target]), tuple(batch.shape[-2:]))[0].cpu().numpy()
+    saliency = prepare(explainer(batch, [target]), tuple(batch.shape[-2:])).maps[0].cpu().numpy()
     raw = denormalise(batch[0], cfg.dataset.mean, cfg.dataset.std).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     heads = None
     if has_head_maps(spec.model):

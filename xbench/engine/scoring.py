@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import build_explainer
 from ..datasets.base import split_padded
-from ..metrics import REGIONS, MetricInput, RandomisationCascade, boxes_to_mask, protocol_step
+from ..metrics import REGIONS, MetricInput, RandomisationCascade, boxes_to_mask
 from ..metrics.accuracy import accuracy_topk
 from ..metrics.forward import chunk_size
 from ..metrics.perturbation import PROTOCOLS
@@ -70,7 +70,6 @@ class _Batch:
     boxes: torch.Tensor | None
     index: list[int]  # each sample's index in the split
     figure: list[int]  # positions in the batch of the samples figures show
-    step: int  # insertion/deletion pixels per step
 
 
 @dataclass
@@ -142,8 +141,7 @@ class BatchScorer:
         index = batch["index"].tolist()
         figure = artefacts.positions(index) if artefacts is not None else []
         scale = batch["scale"].to(device) if "scale" in batch else None
-        shared = _Batch(images, batch["label"].to(device), scale, regions, boxes, index, figure,
-                        protocol_step(self.protocol, w))
+        shared = _Batch(images, batch["label"].to(device), scale, regions, boxes, index, figure)
         if artefacts is not None:
             artefacts.images(batch, index, figure)
         for model_name in dict.fromkeys(m.model for m in self.methods):
@@ -178,16 +176,16 @@ class BatchScorer:
         randomised = None
         if method.label in self.randomised:
             cascade, other = self.randomised[method.label]
-            randomised = lambda: cascade.maps(lambda: prepare(other(shared.images, run.targets), (h, w)).maps)  # noqa: E731
+            randomised = lambda: cascade.maps(lambda: other(shared.images, run.targets))  # noqa: E731
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
-                          mean=self.mean, std=self.std, step=shared.step, chunk=run.chunk,
+                          mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
                           randomised_maps=randomised, label_maps=label_maps, scale=shared.scale)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)
             values.update({k: with_nan_rows(v, nonfinite.to(v.device)).cpu() for k, v in out.values.items()})
-            method_curves.update({k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
+            method_curves.update({k: with_nan_rows(v.detach(), nonfinite.to(v.device)).cpu()
                                   for k, v in out.curves.items()})
         first_row = len(rows)
         names = self.class_names.get(method.model)

@@ -4,7 +4,7 @@ Functional API (every function scores each image on its own, so values never dep
 the rest of the batch)::
 
     accuracy_topk(logits, labels, ks=(1, 5))
-    insertion_deletion(model, images, saliency, targets, step=..., mean=..., std=..., batch_size=...)
+    insertion_deletion(model, images, saliency, targets, protocol=..., mean=..., std=..., batch_size=...)
     average_drop_gain(model, images, saliency, targets, mean, std)
     pointing_game(saliency, region), energy_pointing_game(saliency, boxes_or_region, image_size=...),
     mass_accuracy(saliency, region), rank_accuracy(saliency, region), max_box_accuracy(saliency, boxes, image_size=...)
@@ -65,9 +65,9 @@ class MetricInput:
     boxes: torch.Tensor | None
     mean: tuple
     std: tuple
-    step: int
+    protocol: str  # insertion/deletion protocol (PROTOCOLS): step and blur kernel
     chunk: int
-    # maps after each step of the model's randomisation cascade (top block first)
+    # the explainer's maps (B, h, w) after each step of the model's randomisation cascade (top block first)
     randomised_maps: Callable[[], list[torch.Tensor]] | None = None
     # Localisation is scored on maps of the true class, whatever class `targets` names (default: `maps`).
     label_maps: torch.Tensor | None = None
@@ -94,10 +94,10 @@ def column(direction: str, aggregate: str = "mean", *, percent: bool = True, cur
 
 
 @register_metric("insertion_deletion", family="faithfulness",
-                 description="insertion (up) and deletion (down) AUCs, RISE-style",
+                 description="insertion (up) and deletion (down) AUCs, the protocol's step and blur",
                  columns={"insertion": column("higher"), "deletion": column("lower")})
 def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
-    r = insertion_deletion(inp.model, inp.images, inp.maps, inp.targets, step=inp.step, batch_size=inp.chunk,
+    r = insertion_deletion(inp.model, inp.images, inp.maps, inp.targets, inp.protocol, batch_size=inp.chunk,
                            mean=inp.mean, std=inp.std)
     return MetricOutput({"insertion": r["insertion"], "deletion": r["deletion"]},
                         {"insertion_curve": r["insertion_curve"], "deletion_curve": r["deletion_curve"]})
@@ -108,7 +108,7 @@ def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
                  columns={"drop": column("lower"), "increase": column("higher"), "gain": column("higher")})
 def score_average_drop_gain(inp: MetricInput) -> MetricOutput:
     r = average_drop_gain(inp.model, inp.images, inp.maps, inp.targets, inp.mean, inp.std, batch_size=inp.chunk)
-    return MetricOutput({"drop": r["drop"], "increase": r["increase"].float(), "gain": r["gain"]})
+    return MetricOutput({"drop": r["drop"], "increase": r["increase"], "gain": r["gain"]})
 
 
 @register_metric("pointing_game", family="localisation",

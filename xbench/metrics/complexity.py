@@ -12,24 +12,27 @@ import math
 
 import torch
 
-from .saliency import rescale_maps
+from .saliency import scoring_maps, with_nan_rows
 
 
 def sparseness(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(B,) Gini index of each map."""
-    maps = rescale_maps(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
+    prepared = scoring_maps(saliency, size or tuple(saliency.shape[-2:]))
+    maps = prepared.maps.flatten(1)
     n = maps.shape[1]
     sorted_values = maps.sort(1).values
     i = torch.arange(1, n + 1, device=maps.device, dtype=maps.dtype)
     total = sorted_values.sum(1)
     gini = ((2 * i - n - 1) * sorted_values).sum(1) / (n * total.clamp_min(1e-12))
-    return torch.where(total > 0, gini, torch.zeros_like(gini))
+    return with_nan_rows(torch.where(total > 0, gini, torch.zeros_like(gini)), prepared.nonfinite)
 
 
 def complexity(saliency: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """(B,) entropy of each map as a distribution over pixels."""
-    maps = rescale_maps(saliency, size or tuple(saliency.shape[-2:])).flatten(1)
+    prepared = scoring_maps(saliency, size or tuple(saliency.shape[-2:]))
+    maps = prepared.maps.flatten(1)
     total = maps.sum(1, keepdim=True)
     p = maps / total.clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(1)
-    return torch.where(total[:, 0] > 0, entropy, torch.full_like(entropy, math.log(maps.shape[1])))
+    entropy = torch.where(total[:, 0] > 0, entropy, torch.full_like(entropy, math.log(maps.shape[1])))
+    return with_nan_rows(entropy, prepared.nonfinite)

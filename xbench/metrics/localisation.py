@@ -11,10 +11,15 @@ here) and return per-sample values; dataset-level numbers are aggregates of thos
 - `energy_pointing_game` / `mass_accuracy`: share of saliency inside the region (Score-CAM 2020;
   Arras et al. 2022) — the same quantity, named by the region it is usually scored against.
 - `rank_accuracy`: share of the top-K pixels (K = region area) inside the region.
-- `max_box_accuracy`: per threshold tau, binarise s >= tau, box the largest 8-connected
-  component (v1) or every component (v2), and test IoU >= delta with a ground-truth box
-  (Choe et al. CVPR 2020). `summarise_box_hits` turns the per-sample hits into MaxBoxAcc (delta 0.5)
-  and MaxBoxAccV2 (mean over delta 0.3, 0.5, 0.7 of the best threshold).
+- `max_box_accuracy`: Choe et al. CVPR 2020 as their official code (clovaai/wsolevaluation,
+  `BoxEvaluator`) computes it: the map becomes uint8(255 s); at each threshold tau in
+  arange(0, 1, 0.01) the pixels strictly above int(tau * its maximum) are kept; OpenCV's contours
+  of that mask (holes included) give boxes (x, y, x + w, y + h, clipped to W - 1, H - 1); v1 boxes
+  the contour of largest `cv2.contourArea`, v2 every contour (best match); a mask without contours
+  boxes (0, 0, 0, 0). Ground-truth boxes are truncated to integers, and IoU counts inclusive pixels
+  (+1 in widths). A constant map keeps nothing at any threshold, so it localises nothing.
+  `summarise_box_hits` turns the per-sample hits into MaxBoxAcc (delta 0.5) and MaxBoxAccV2 (mean
+  over delta 0.3, 0.5, 0.7 of the best threshold).
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import numpy as np
 import torch
 
 from ..aggregate import aggregate
-from .saliency import descending_order, rescale_maps
+from .saliency import descending_order, scoring_maps, with_nan_rows
 
-THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)
+THRESHOLDS = np.arange(0, 1, 0.01)  # wsolevaluation's cam_curve_interval 0.01, unrounded as there
 IOU_DELTAS = (0.3, 0.5, 0.7)
 
 
@@ -53,8 +58,9 @@ def pointing_game(saliency: torch.Tensor, region: torch.Tensor, tolerance: float
     per original pixel (default 1: the image is at its original size)."""
     region = _region(region)
     b, h, w = region.shape
-    point = rescale_maps(saliency, (h, w)).flatten(1).argmax(1)
-    return _near(point // w, point % w, region, tolerance, scale)
+    prepared = scoring_maps(saliency, (h, w))
+    point = prepared.maps.flatten(1).argmax(1)
+    return with_nan_rows(_near(point // w, point % w, region, tolerance, scale), prepared.nonfinite)
 
 
 def centre_pointing_game(region: torch.Tensor, tolerance: float = 15.0,
@@ -87,10 +93,11 @@ def _unscored_if_empty(values: torch.Tensor, region: torch.Tensor) -> torch.Tens
 def mass_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """(B,) share of saliency inside the region (0 for an all-zero map, NaN for an empty region)."""
     region = _region(region)
-    maps = rescale_maps(saliency, tuple(region.shape[-2:]))
-    total = maps.flatten(1).sum(1)
-    inside = (maps * region).flatten(1).sum(1)
-    return _unscored_if_empty(torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total)), region)
+    prepared = scoring_maps(saliency, tuple(region.shape[-2:]))
+    total = prepared.maps.flatten(1).sum(1)
+    inside = (prepared.maps * region).flatten(1).sum(1)
+    share = torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+    return with_nan_rows(_unscored_if_empty(share, region), prepared.nonfinite)
 
 
 def box_frame(saliency: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -120,52 +127,70 @@ def rank_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """(B,) share of the K most salient pixels inside the region, K = region area (NaN if empty)."""
     region = _region(region)
     b, h, w = region.shape
-    order = descending_order(rescale_maps(saliency, (h, w)))
+    prepared = scoring_maps(saliency, (h, w))
+    order = descending_order(prepared.maps)
     k = region.flatten(1).sum(1)
     hits = torch.gather(region.flatten(1), 1, order)
     within = torch.arange(h * w, device=region.device)[None, :] < k[:, None]
     share = (hits & within).sum(1).float() / k.clamp_min(1).float()
-    return torch.where(k > 0, share, torch.full_like(share, float("nan")))
+    return with_nan_rows(_unscored_if_empty(share, region), prepared.nonfinite)
 
 
-def _iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
-    """IoU of boxes (N, 4) against ground truths (G, 4), xyxy -> (N, G)."""
-    x1 = np.maximum(box[:, None, 0], gts[None, :, 0])
-    y1 = np.maximum(box[:, None, 1], gts[None, :, 1])
-    x2 = np.minimum(box[:, None, 2], gts[None, :, 2])
-    y2 = np.minimum(box[:, None, 3], gts[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(box)[:, None] + area(gts)[None, :] - inter, 1e-12)
+def _inclusive_iou(boxes: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU of integer boxes (N, 4) against ground truths (G, 4), xyxy with inclusive corners
+    (a box covers x0..x1), 0 where the union is empty -> (N, G)."""
+    x0 = np.maximum(boxes[:, None, 0], gts[None, :, 0])
+    y0 = np.maximum(boxes[:, None, 1], gts[None, :, 1])
+    x1 = np.minimum(boxes[:, None, 2], gts[None, :, 2])
+    y1 = np.minimum(boxes[:, None, 3], gts[None, :, 3])
+    inter = np.maximum(0, x1 - x0 + 1) * np.maximum(0, y1 - y0 + 1)
+    area = lambda b: (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)  # noqa: E731
+    union = area(boxes)[:, None] + area(gts)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def contour_boxes(score_image: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
+    """Integer boxes (N, 4) of every contour of `score_image` (H, W uint8) above int(threshold * its
+    max), and the index of the contour of largest area; ([[0, 0, 0, 0]], 0) when nothing is above."""
+    h, w = score_image.shape
+    _, mask = cv2.threshold(score_image, int(threshold * score_image.max()), 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return np.zeros((1, 4), np.int64), 0
+    # max() as the official code uses it: the first of equally large contours
+    largest = max(range(len(contours)), key=lambda k: cv2.contourArea(contours[k]))
+    rects = np.array([cv2.boundingRect(c) for c in contours], np.int64)  # x, y, w, h
+    boxes = np.stack([rects[:, 0], rects[:, 1], np.minimum(rects[:, 0] + rects[:, 2], w - 1),
+                      np.minimum(rects[:, 1] + rects[:, 3], h - 1)], 1)
+    return boxes, largest
 
 
 def max_box_accuracy(saliency: torch.Tensor, boxes: torch.Tensor,
                      thresholds: np.ndarray = THRESHOLDS, deltas: tuple[float, ...] = IOU_DELTAS,
                      image_size: tuple[int, int] | None = None) -> dict:
-    """Per-sample box hits (1.0 / 0.0): 'v1' (B, T) at delta 0.5 (largest component), 'v2' (B, T, D)
-    (any component); NaN rows for samples without a box (not scored).
+    """Per-sample box hits (1.0 / 0.0): 'v1' (B, T) at delta 0.5 (largest contour), 'v2' (B, T, D)
+    (any contour); NaN rows for samples without a box or with a non-finite map (not scored).
 
     boxes (B, K, 4) xyxy in the pixels of an image of `image_size` (default: the map's size), NaN rows
-    for padding; the saliency is upsampled to that size first.
+    for padding; the saliency is upsampled to that size and min-max scaled first.
     """
-    maps = rescale_maps(saliency, box_frame(saliency, boxes, image_size)).cpu().numpy()
+    prepared = scoring_maps(saliency, box_frame(saliency, boxes, image_size))
+    maps, nonfinite = prepared.maps.cpu().numpy(), prepared.nonfinite.cpu().numpy()
     gts_all = boxes.detach().cpu().numpy()
     b = maps.shape[0]
     v1 = np.zeros((b, len(thresholds)), np.float32)
     v2 = np.zeros((b, len(thresholds), len(deltas)), np.float32)
     for i in range(b):
         gts = gts_all[i][~np.isnan(gts_all[i][:, 0])]
-        if not len(gts):
+        if not len(gts) or nonfinite[i]:
             v1[i], v2[i] = np.nan, np.nan
             continue
+        gts = gts.astype(np.int64)  # wsolevaluation's resize_bbox truncates with int()
+        score_image = (maps[i] * 255).astype(np.uint8)
         for t, tau in enumerate(thresholds):
-            count, _, stats, _ = cv2.connectedComponentsWithStats((maps[i] >= tau).astype(np.uint8), connectivity=8)
-            if count <= 1:
-                continue
-            comp = stats[1:]  # x, y, w, h, area; label 0 is the background
-            xyxy = np.stack([comp[:, 0], comp[:, 1], comp[:, 0] + comp[:, 2], comp[:, 1] + comp[:, 3]], 1)
-            iou = _iou(xyxy.astype(np.float64), gts.astype(np.float64))
-            v1[i, t] = iou[int(np.argmax(comp[:, 4]))].max() >= 0.5
+            found, largest = contour_boxes(score_image, tau)
+            iou = _inclusive_iou(found, gts).max(1)
+            v1[i, t] = iou[largest] >= 0.5
             v2[i, t] = iou.max() >= np.asarray(deltas)
     return {"v1": torch.from_numpy(v1), "v2": torch.from_numpy(v2)}
 

@@ -1,19 +1,22 @@
 """The conventions every metric applies to an explanation before scoring it.
 
 A map (B, h, w) is upsampled to the image size (bilinear, align_corners=False) and min-max
-scaled per image to [0, 1]. A constant map is *degenerate* (it becomes all zeros; metrics
-still run, ties broken by pixel index). A map holding NaN or inf is *non-finite*: metrics run on
-zeros in its place so the batch goes on, and every metric of that row is reported as NaN.
+scaled per image to [0, 1], in float64 after dividing by its largest magnitude, so maps of any
+finite scale (1e-30 or 3e38) are prepared alike. A constant map is *degenerate* (it becomes all
+zeros; metrics still run, ties broken by pixel index). A map holding NaN or inf is *non-finite*:
+metrics run on zeros in its place so the batch goes on, and every metric of that row is NaN (the
+engine also flags the row `nonfinite`; the functional metrics warn).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-RELATIVE_FLAT = 1e-6  # a map whose range is below this fraction of its magnitude is constant
+RELATIVE_FLAT = 1e-6  # a map whose range is below this fraction of its largest magnitude is constant
 
 
 @dataclass
@@ -27,14 +30,15 @@ def prepare(saliency: torch.Tensor, size: tuple[int, int]) -> PreparedMaps:
     """Upsample (B, h, w) maps to `size` and min-max normalise each one (see module docstring)."""
     if saliency.dim() != 3:
         raise ValueError(f"saliency must be (B, h, w), got shape {tuple(saliency.shape)}")
-    maps = saliency.detach().float()
+    maps = saliency.detach().to(torch.float64)
     nonfinite = ~torch.isfinite(maps).flatten(1).all(1)
     maps = torch.where(nonfinite[:, None, None], torch.zeros_like(maps), maps)
+    magnitude = maps.flatten(1).abs().max(1).values
+    maps = maps / torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))[:, None, None]
     # Decide constancy on the map as given: upsampling a constant map adds float noise that
     # min-max normalisation would blow up to the whole [0, 1] range.
     raw = maps.flatten(1)
-    raw_lo, raw_hi = raw.min(1).values, raw.max(1).values
-    constant = (raw_hi - raw_lo) <= RELATIVE_FLAT * torch.maximum(raw_hi.abs(), raw_lo.abs())
+    constant = (raw.max(1).values - raw.min(1).values) <= RELATIVE_FLAT  # the magnitude is now 1 (or 0)
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     flat = maps.flatten(1)
@@ -43,12 +47,21 @@ def prepare(saliency: torch.Tensor, size: tuple[int, int]) -> PreparedMaps:
     scale = torch.where(span > 0, span, torch.ones_like(span))
     maps = ((flat - lo[:, None]) / scale[:, None]).clamp_(0, 1)
     maps[span <= 0] = 0.0
-    return PreparedMaps(maps.view(-1, *size), (span <= 0) & ~nonfinite, nonfinite)
+    return PreparedMaps(maps.view(-1, *size).float(), (span <= 0) & ~nonfinite, nonfinite)
 
 
-def rescale_maps(saliency: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Just the prepared maps (B, H, W) in [0, 1]; NaN/inf maps become zeros."""
-    return prepare(saliency, size).maps
+def scoring_maps(saliency: torch.Tensor, size: tuple[int, int]) -> PreparedMaps:
+    """`prepare` for the functional metrics, which score a non-finite map's row NaN: warns which rows."""
+    prepared = prepare(saliency, size)
+    if bool(prepared.nonfinite.any()):
+        rows = prepared.nonfinite.nonzero().flatten().tolist()
+        warnings.warn(f"saliency maps {rows} hold NaN or inf: their scores are NaN", NonFiniteMapWarning,
+                      stacklevel=3)
+    return prepared
+
+
+class NonFiniteMapWarning(UserWarning):
+    """A map given to a metric holds NaN or inf."""
 
 
 def with_nan_rows(values: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor:

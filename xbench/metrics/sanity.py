@@ -24,6 +24,8 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from .saliency import scoring_maps, with_nan_rows
+
 
 def default_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Top-level children with parameters, last first; a Sequential's or ModuleList's entries are blocks."""
@@ -105,10 +107,15 @@ def spearman(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
 
 
 def parameter_randomisation(maps_trained: torch.Tensor, maps_randomised: torch.Tensor) -> torch.Tensor:
-    """(B,) Spearman correlation between the two models' maps of the same images and targets."""
-    return spearman(maps_trained, maps_randomised)
+    """(B,) Spearman correlation between the two models' maps (B, h, w) of the same images and targets.
+
+    Both are prepared as every metric prepares maps, at the larger of their two sizes (an explainer's
+    low-resolution maps compare as they are drawn); a pair with a non-finite map scores NaN."""
+    size = max(tuple(maps_trained.shape[-2:]), tuple(maps_randomised.shape[-2:]), key=lambda hw: hw[0] * hw[1])
+    trained, randomised = scoring_maps(maps_trained, size), scoring_maps(maps_randomised, size)
+    return with_nan_rows(spearman(trained.maps, randomised.maps), trained.nonfinite | randomised.nonfinite)
 
 
 def cascade_similarity(maps_trained: torch.Tensor, cascade_maps: list[torch.Tensor]) -> torch.Tensor:
-    """(B, steps) Spearman correlation with the trained maps after each step of the cascade."""
-    return torch.stack([spearman(maps_trained, maps) for maps in cascade_maps], 1)
+    """(B, steps) `parameter_randomisation` of the trained maps against the maps after each step of the cascade."""
+    return torch.stack([parameter_randomisation(maps_trained, maps) for maps in cascade_maps], 1)

@@ -69,8 +69,9 @@ def curves_figure(rows: pd.DataFrame, curves: dict[str, np.ndarray], out_dir: Pa
         if key not in curves:
             ax.set_visible(False)
             continue
-        methods = rows["method"].to_numpy()[curves[f"{key}.row"]]
-        x, resampled = on_common_grid(curves[key])
+        scored = np.isfinite(curves[key]).any(1)  # the curves of non-finite maps are NaN
+        methods = rows["method"].to_numpy()[curves[f"{key}.row"][scored]]
+        x, resampled = on_common_grid(curves[key][scored])
         for method, colour in palette.items():
             data = resampled[methods == method]
             if not len(data):

@@ -128,7 +128,8 @@ def _per_method(rows: pd.DataFrame, mine: pd.DataFrame, curves: dict[str, np.nda
         key = info["curve"]
         values = curves[key]
         scored = ~np.isnan(values.reshape(len(values), -1)).all(1)  # samples without a box have no curve
-        where = np.isin(curves[f"{key}.row"], mine.index.to_numpy()) & scored
+        flagged = rows["nonfinite"].astype(bool).to_numpy()[curves[f"{key}.row"]]  # a NaN map's curve is its zeros'
+        where = np.isin(curves[f"{key}.row"], mine.index.to_numpy()) & scored & ~flagged
         positions = curves[f"{key}.row"][where]
         return values[where], rows.loc[positions, "label"].to_numpy(), rows.loc[positions, "index"].to_numpy()
     ok = mine[column].notna() & ~mine["nonfinite"].astype(bool)
