@@ -125,7 +125,7 @@ def test_html_report_is_self_contained(run):
     pngs = [p for p in written["figures"] if p.suffix == ".png"]
     assert len(parser.sources) == len(pngs) >= 5
     assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
-    assert parser.tables == 1 and "Resolved config" in page and "grad-cam" in page
+    assert parser.tables == 4 and "Resolved config" in page  # headline, every metric, models, run and "grad-cam" in page
     for fmt in ("md", "csv", "tex", "html"):
         assert (run / f"leaderboard.{fmt}").stat().st_size > 100
     tex = (run / "leaderboard.tex").read_text()
@@ -152,6 +152,10 @@ def test_leaderboard_command(run):
     result = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "md,csv"])
     assert result.exit_code == 0, result.output
     assert "insertion ↑" in result.output and "attention@intr" in result.output
+    narrow = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "md"], env={"COLUMNS": "90"})
+    assert max(map(len, narrow.output.splitlines())) <= 90 and "leaderboard.md" in narrow.output
+    full = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "md", "--full"], env={"COLUMNS": "90"})
+    assert "max_box_acc_v2 ↑" in full.output and "max_box_acc_v2" not in narrow.output
     bad = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "docx"])
     assert bad.exit_code == 2 and "unknown leaderboard format 'docx'" in bad.output
     missing = CliRunner().invoke(app, ["figures", str(run / "nothing")])

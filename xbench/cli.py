@@ -247,14 +247,15 @@ def leaderboard_cmd(
     runs: List[Path] = typer.Argument(..., help="Results directories (several: one table with a dataset column)."),
     format_: str = typer.Option("md,csv,tex,html", "--format", help="Comma-separated: md, csv, tex, html."),
     out: Path | None = typer.Option(None, help="Where to write leaderboard.* (default: the first run directory)."),
+    full: bool = typer.Option(False, "--full", help="Print every column, not the headline fitted to the terminal."),
 ) -> None:
     """Leaderboard with 95% bootstrap CIs and paired tests; printed, and written as md/csv/tex/html."""
-    from .report import leaderboard_of, to_markdown, write_leaderboard
+    from .report import leaderboard_of, terminal_table, to_markdown, write_leaderboard
 
     board = leaderboard_of(runs)
     written = write_leaderboard(board, out or runs[0], [f.strip() for f in format_.split(",") if f.strip()])
-    typer.echo(to_markdown(board))
-    typer.echo("wrote " + ", ".join(str(p) for p in written))
+    files = ", ".join(str(p) for p in written)
+    typer.echo(to_markdown(board) + f"wrote {files}" if full else terminal_table(board, files=files))
 
 
 @app.command("figures")
@@ -273,12 +274,13 @@ def figures_cmd(
 @app.command("report")
 @_friendly_errors
 def report_cmd(run: Path = typer.Argument(..., help="Results directory of `xbench evaluate`.")) -> None:
-    """Leaderboard files, every figure and a self-contained report.html for one run."""
-    from .report import full_report, to_markdown
+    """Leaderboard files, every figure, a self-contained report.html and TensorBoard summaries for one run."""
+    from .report import full_report, terminal_table
 
     written = full_report(run)
-    typer.echo(to_markdown(written["board"]))
+    typer.echo(terminal_table(written["board"], files=", ".join(str(p) for p in written["tables"])))
     typer.echo(f"report: {written['report']}")
+    typer.echo(f"TensorBoard: tensorboard --logdir {written['tensorboard']}")
 
 
 @app.command("explain")

@@ -15,20 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from .config import Config, ConfigError, config_dir, config_from_dict, merge_layers, overrides_layer
 from .datasets.synth import ensure_generated
 from .engine.evaluate import evaluate
 from .files import atomic_write_json
-from .report import full_report
+from .report import full_report, terminal_table
 from .train.trainer import train
 
 log = logging.getLogger(__name__)
 ACCURACY_BAR = 0.90
-TERMINAL_COLUMNS = ("insertion", "deletion", "drop", "gain", "pointing_game_parts", "mass_accuracy_parts",
-                    "max_box_acc")
 
 
 def default_config() -> Path:
@@ -138,7 +135,7 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
                "pointing_game_parts": pointing_game_on_parts(written["board"]),
                "report": str(written["report"]), "leaderboard": str(results / "leaderboard.md")}
     atomic_write_json(results / "quickstart.json", summary)
-    summary["terminal_table"] = terminal_table(written["board"])
+    summary["terminal_table"] = terminal_table(written["board"], files=", ".join(map(str, written["tables"])))
     return summary
 
 
@@ -151,12 +148,3 @@ def pointing_game_on_parts(board) -> dict[str, float]:
     """Pointing game against the discriminative parts per method (percent), for the summary."""
     cells = board.cells[board.cells["metric"] == "pointing_game_parts"]
     return {m: round(100 * v, 1) for m, v in zip(cells["method"], cells["mean"])}
-
-
-def terminal_table(board) -> str:
-    """A narrow view of the leaderboard for the terminal (the files hold every column)."""
-    from .report.leaderboard import wide_table
-
-    table = wide_table(board, "plain")
-    keep = ["method", "acc@1"] + [c for c in table.columns if c.split(" ")[0] in TERMINAL_COLUMNS]
-    return pd.DataFrame(table[keep]).to_markdown(index=False)

@@ -10,12 +10,14 @@ import importlib
 from pathlib import Path
 
 from ..engine.store import load_columns, load_results
-from .leaderboard import Leaderboard, build_leaderboard, combine, to_markdown, write_leaderboard
+from .leaderboard import Leaderboard, build_leaderboard, combine, terminal_table, to_markdown, write_leaderboard
 
-__all__ = ["Leaderboard", "build_leaderboard", "combine", "write_leaderboard", "to_markdown", "all_figures",
-           "explanation_figure", "write_report", "leaderboard_of", "full_report"]
+__all__ = ["Leaderboard", "build_leaderboard", "combine", "write_leaderboard", "to_markdown", "terminal_table",
+           "all_figures",
+           "explanation_figure", "write_report", "write_tensorboard", "leaderboard_of", "full_report"]
 
-_LAZY = {"all_figures": ".figures", "explanation_figure": ".figures", "write_report": ".html"}
+_LAZY = {"all_figures": ".figures", "explanation_figure": ".figures", "write_report": ".html",
+         "write_tensorboard": ".tensorboard"}
 
 
 def __getattr__(name: str):
@@ -36,8 +38,9 @@ def leaderboard_of(run_dirs: list[str | Path], seed: int = 0) -> Leaderboard:
     return boards[0] if len(boards) == 1 else combine(boards)
 
 
-def full_report(run_dir: str | Path, formats=("md", "csv", "tex", "html")) -> dict:
-    """Leaderboard files, every figure and report.html for one run; returns what was written."""
+def full_report(run_dir: str | Path, formats=("md", "csv", "tex", "html"), tensorboard: bool = True) -> dict:
+    """Leaderboard files, every figure, report.html and (`tensorboard`) <run>/tensorboard/ for one run;
+    returns what was written."""
     from .figures import all_figures
     from .html import write_report
 
@@ -46,4 +49,9 @@ def full_report(run_dir: str | Path, formats=("md", "csv", "tex", "html")) -> di
     tables = write_leaderboard(board, run_dir, formats)
     figures = all_figures(run_dir, board)
     page = write_report(run_dir, board, figures)
-    return {"board": board, "tables": tables, "figures": figures, "report": page}
+    written = {"board": board, "tables": tables, "figures": figures, "report": page}
+    if tensorboard:
+        from .tensorboard import write_tensorboard
+
+        written["tensorboard"] = write_tensorboard(board, run_dir / "tensorboard")
+    return written

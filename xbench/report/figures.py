@@ -1,19 +1,28 @@
 """Paper figures from a results store (PNG and PDF, seaborn "paper" style). Nothing is recomputed:
 curves come from curves.npz, maps and images from maps.npz, numbers from the leaderboard.
 
-- `curves_figure`: insertion and deletion curves per method, mean with a 95% bootstrap band.
-- `dotplot_figure`: every metric's mean and CI per method.
-- `rank_heatmap`: method x metric ranks (1 = best).
-- `qualitative_grid`: images (a seeded choice plus those whose maps disagree most) x methods,
-  saliency overlaid, ground-truth box drawn.
-- `intr_heads_figure`: an image's per-head cross-attention for the true class and the top-k
-  predicted classes (as the INTR paper shows).
-- `explanation_figure`: what `xbench explain` computed for one image.
+Each figure has a `draw_*` function that returns the matplotlib Figure and a `*_figure` function
+that saves it (PNG + PDF) and returns the paths:
+- curves: insertion and deletion curves per method (and ROAD's and region perturbation's when the run
+  has them), mean with a 95% bootstrap band;
+- dotplot: every metric's mean and CI per method;
+- rank_heatmap: method x metric ranks (1 = best);
+- qualitative: images (a seeded choice plus those whose maps disagree most) x methods, saliency
+  overlaid, ground-truth box drawn;
+- heads: an image's per-head cross-attention for the true class and the top-k predicted classes
+  (as the INTR paper shows);
+- explanation: what `xbench explain` computed for one image.
+
+Methods keep one look across figures (`method_styles`): a colour family per model, shades, line
+styles and markers within it, greys for the baselines, so 24 methods stay apart. Layouts are
+constrained, labels are horizontal or vertical, never slanted, and long class names are shortened
+with a legend, so no text overlaps another (`overlapping_texts` checks a figure).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -23,25 +32,74 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from .leaderboard import ARROW, Leaderboard, bootstrap_weights  # noqa: E402
 
 SINGLE, DOUBLE = 3.3, 6.9  # column widths in inches (two-column paper)
 BASELINES = ("random", "centre", "uniform")
+MODEL_COLOURS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "YlOrBr", "PuRd", "GnBu")
+LINESTYLES = ("-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+PNG_DPI = 200
 
 
 def _style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
-    plt.rcParams.update({"figure.dpi": 150, "savefig.dpi": 300, "pdf.fonttype": 42, "axes.titlesize": 9})
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": PNG_DPI, "pdf.fonttype": 42, "axes.titlesize": 8,
+                         "figure.constrained_layout.h_pad": 0.02, "figure.constrained_layout.w_pad": 0.02})
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """`name`.png and `name`.pdf in `out_dir`; closes the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight")
+    fig.savefig(paths[0], bbox_inches="tight", pil_kwargs={"optimize": True})
+    fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def method_styles(methods: list[str]) -> dict[str, dict]:
+    """Per method (explainer@model): color, linestyle, marker. Each model has a colour family and its
+    methods take shades of it with their own line style and marker; baselines are grey and dotted."""
+    models = list(dict.fromkeys(m.split("@")[-1] for m in methods if m.split("@")[0] not in BASELINES))
+    styles = {}
+    for k, model in enumerate(models):
+        mine = [m for m in methods if m.split("@")[-1] == model and m.split("@")[0] not in BASELINES]
+        cmap = plt.get_cmap(MODEL_COLOURS[k % len(MODEL_COLOURS)])
+        shades = np.linspace(0.9, 0.45, len(mine)) if len(mine) > 1 else [0.75]
+        for i, (method, shade) in enumerate(zip(mine, shades)):
+            styles[method] = {"color": cmap(shade), "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                              "marker": MARKERS[(i + k) % len(MARKERS)]}
+    baselines = [m for m in methods if m not in styles]
+    for i, (method, grey) in enumerate(zip(baselines, np.linspace(0.25, 0.65, max(len(baselines), 1)))):
+        styles[method] = {"color": (grey, grey, grey, 1.0), "linestyle": ":", "marker": MARKERS[-1 - i % len(MARKERS)]}
+    return styles
+
+
+def overlapping_texts(fig: Figure, tolerance: float = 0.5) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of `fig` whose drawn boxes overlap by more than `tolerance`
+    pixels in both directions (the labels of ticks outside an axis' limits are not drawn: skipped)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if tick.get_loc() is None or not low - 1e-9 <= tick.get_loc() <= high + 1e-9:
+                    undrawn |= {id(tick.label1), id(tick.label2)}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in undrawn]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    pairs = []
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            a, b = boxes[i], boxes[j]
+            if min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance and min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance:
+                pairs.append((texts[i].get_text(), texts[j].get_text()))
+    return pairs
 
 
 def _bootstrap_band(curves: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,55 +118,104 @@ def on_common_grid(curves: np.ndarray, points: int = 101) -> tuple[np.ndarray, n
     return x, np.stack([np.interp(x, np.linspace(0, 1, n), c[:n]) for c, n in zip(curves, lengths)])
 
 
-def curves_figure(rows: pd.DataFrame, curves: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+def _legend_columns(labels: list[str], width_in: float, fontsize: float) -> int:
+    """How many legend columns of `labels` fit across `width_in` inches."""
+    entry = (max(map(len, labels)) * 0.55 * fontsize + 3.5 * fontsize) / 72  # text + handle, inches
+    return max(1, min(len(labels), int(width_in / entry)))
+
+
+# Stored curves drawn by `draw_curves`: key -> (title, x label, x range, y label). ROAD's points are
+# its percentages 10..90; region perturbation's the patches replaced, 1..L.
+CURVE_PANELS = {
+    "insertion_curve": ("Insertion (higher is better)", "fraction of pixels inserted", (0.0, 1.0),
+                        "probability of the explained class"),
+    "deletion_curve": ("Deletion (lower is better)", "fraction of pixels deleted", (0.0, 1.0),
+                       "probability of the explained class"),
+    "road_morf_curve": ("ROAD, most relevant first (lower is better)", "fraction of pixels imputed", (0.1, 0.9),
+                        "probability of the explained class"),
+    "road_lerf_curve": ("ROAD, least relevant first (higher is better)", "fraction of pixels imputed", (0.1, 0.9),
+                        "probability of the explained class"),
+    "region_perturbation_curve": ("Region perturbation (higher is better)", "patches replaced", None,
+                                  "drop in probability"),
+}
+
+
+def draw_curves(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> Figure:
+    """One panel per stored curve of CURVE_PANELS, two per row: each method's mean with a 95% band."""
     _style()
-    fig, axes = plt.subplots(1, 2, figsize=(DOUBLE, 2.6), sharey=True)
-    palette = dict(zip(dict.fromkeys(rows["method"]), sns.color_palette("tab10", rows["method"].nunique())))
-    for ax, name in zip(axes, ("insertion", "deletion")):
-        key = f"{name}_curve"
+    methods = list(dict.fromkeys(rows["method"]))
+    styles = method_styles(methods)
+    panels = [key for key in CURVE_PANELS if key in curves] or ["insertion_curve", "deletion_curve"]
+    grid_rows = int(np.ceil(len(panels) / 2))
+    columns = _legend_columns(methods, DOUBLE, 6)
+    legend_rows = int(np.ceil(len(methods) / columns))
+    fig, axes = plt.subplots(grid_rows, 2, figsize=(DOUBLE, 2.5 * grid_rows + 0.13 * legend_rows), squeeze=False,
+                             layout="constrained")
+    for ax, key in zip(axes.flat, panels):
+        title, xlabel, span, ylabel = CURVE_PANELS[key]
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         if key not in curves:
             ax.set_visible(False)
             continue
         scored = np.isfinite(curves[key]).any(1)  # the curves of non-finite maps are NaN
-        methods = rows["method"].to_numpy()[curves[f"{key}.row"][scored]]
+        owners = rows["method"].to_numpy()[curves[f"{key}.row"][scored]]
         x, resampled = on_common_grid(curves[key][scored])
-        for method, colour in palette.items():
-            data = resampled[methods == method]
+        x = span[0] + x * (span[1] - span[0]) if span else 1 + x * (resampled.shape[1] - 1)
+        for method in methods:
+            data = resampled[owners == method]
             if not len(data):
                 continue
             lo, hi = _bootstrap_band(data)
-            ax.plot(x, data.mean(0), color=colour, label=method, lw=1.2)
-            ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
-        ax.set_title(f"{name.capitalize()} {'(higher is better)' if name == 'insertion' else '(lower is better)'}")
-        ax.set_xlabel("fraction of pixels " + ("inserted" if name == "insertion" else "deleted"))
-    axes[0].set_ylabel("probability of the explained class")
-    axes[-1].legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, out_dir, "curves")
+            style = styles[method]
+            ax.plot(x, data.mean(0), label=method, lw=1.1, markersize=3, markevery=max(1, len(x) // 8), **style)
+            ax.fill_between(x, lo, hi, color=style["color"], alpha=0.12, lw=0)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = next(((h, lab) for h, lab in (ax.get_legend_handles_labels() for ax in axes.flat) if h),
+                           ([], []))
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=6, frameon=False)
+    return fig
 
 
-def dotplot_figure(board: Leaderboard, out_dir: Path) -> list[Path]:
+def curves_figure(rows: pd.DataFrame, curves: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+    return save_figure(draw_curves(rows, curves), out_dir, "curves")
+
+
+def draw_dotplot(board: Leaderboard) -> Figure:
     _style()
     metrics = board.metrics()
+    methods = board.methods()
     cols = min(4, len(metrics))
     rows_n = int(np.ceil(len(metrics) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(DOUBLE, 1.0 + 1.6 * rows_n), squeeze=False)
-    methods = board.methods()
+    panel = 0.45 + 0.115 * len(methods)  # inches per panel row: one label line per method
+    fig, axes = plt.subplots(rows_n, cols, figsize=(DOUBLE, panel * rows_n), squeeze=False, sharey=True,
+                             layout="constrained")
+    y = np.arange(len(methods))
     for ax, metric in zip(axes.flat, metrics):
         cells = board.cells[board.cells["metric"] == metric].set_index("method").reindex(methods)
         k = float(cells["scale"].dropna().iloc[0])
-        y = np.arange(len(methods))
-        ax.errorbar(k * cells["mean"], y, xerr=[k * (cells["mean"] - cells["lo"]), k * (cells["hi"] - cells["mean"])],
-                    fmt="none", ecolor="0.5", lw=0.8)
+        # A percentile interval need not contain the estimate (MaxBoxAcc's best threshold is biased up).
+        below = np.clip(k * (cells["mean"] - cells["lo"]), 0, None)
+        above = np.clip(k * (cells["hi"] - cells["mean"]), 0, None)
+        ax.errorbar(k * cells["mean"], y, xerr=[below, above], fmt="none", ecolor="0.5", lw=0.8)
         colours = np.where(cells["bold"].fillna(False).astype(bool), "C3", "C0")
-        ax.scatter(k * cells["mean"], y, c=list(colours), s=12, zorder=3)
-        ax.set_yticks(y, methods if ax in axes[:, 0] else [""] * len(methods), fontsize=6)
-        ax.invert_yaxis()
-        ax.set_title(f"{metric} {ARROW[cells['direction'].dropna().iloc[0]]}", fontsize=7)
+        ax.scatter(k * cells["mean"], y, c=list(colours), s=10, zorder=3)
+        ax.set_yticks(y, methods, fontsize=6)
+        ax.tick_params(axis="y", labelleft=ax in axes[:, 0])
+        ax.set_title(textwrap.fill(f"{metric} {ARROW[cells['direction'].dropna().iloc[0]]}", 24), fontsize=7)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.tick_params(axis="x", labelsize=6)
+    axes[0, 0].invert_yaxis()
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, out_dir, "dotplot")
+    return fig
+
+
+def dotplot_figure(board: Leaderboard, out_dir: Path) -> list[Path]:
+    return save_figure(draw_dotplot(board), out_dir, "dotplot")
 
 
 def rank_table(board: Leaderboard) -> pd.DataFrame:
@@ -129,17 +236,26 @@ def rank_text(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
 
 
-def rank_heatmap(board: Leaderboard, out_dir: Path) -> list[Path]:
+def draw_rank_heatmap(board: Leaderboard) -> Figure:
     _style()
     ranks = rank_table(board)
     annotations = np.vectorize(rank_text, otypes=[str])(ranks.to_numpy(float))
-    fig, ax = plt.subplots(figsize=(DOUBLE, 0.6 + 0.28 * len(ranks)))
+    fig, ax = plt.subplots(figsize=(DOUBLE, 1.6 + 0.16 * len(ranks)), layout="constrained")
+    # Annotations fit their cells: at most 5 characters ("10.25") in a cell's width.
+    cell_points = 72 * DOUBLE * 0.7 / max(ranks.shape[1], 1)
+    size = float(np.clip(cell_points / (5 * 0.62), 3.5, 6.0))
     sns.heatmap(ranks, annot=annotations, fmt="", cmap="viridis_r", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
-                annot_kws={"fontsize": 6})
+                annot_kws={"fontsize": size})
     ax.set_xlabel("")
     ax.set_ylabel("")
     ax.tick_params(labelsize=6)
-    return _save(fig, out_dir, "rank_heatmap")
+    ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=90)
+    ax.set_yticks(ax.get_yticks(), ax.get_yticklabels(), rotation=0)
+    return fig
+
+
+def rank_heatmap(board: Leaderboard, out_dir: Path) -> list[Path]:
+    return save_figure(draw_rank_heatmap(board), out_dir, "rank_heatmap")
 
 
 def _overlay(ax, image: np.ndarray, saliency: np.ndarray | None, box: np.ndarray | None = None) -> None:
@@ -169,8 +285,7 @@ def _disagreement(maps: dict, sample: int, methods: list[str]) -> float:
     return float(1 - pairs.mean())
 
 
-def qualitative_grid(maps: dict, methods: list[str], out_dir: Path, fixed: int = 4, disagreed: int = 2,
-                     seed: int = 0) -> list[Path]:
+def draw_qualitative(maps: dict, methods: list[str], fixed: int = 4, disagreed: int = 2, seed: int = 0) -> Figure:
     """Rows: `fixed` seeded images then the `disagreed` whose maps differ most; columns: methods."""
     _style()
     samples = _samples(maps)
@@ -178,97 +293,147 @@ def qualitative_grid(maps: dict, methods: list[str], out_dir: Path, fixed: int =
     chosen = sorted(rng.choice(samples, size=min(fixed, len(samples)), replace=False).tolist())
     explained = [m for m in methods if m.split("@")[0] not in BASELINES]
     rest = sorted((s for s in samples if s not in chosen), key=lambda s: -_disagreement(maps, s, explained))
-    chosen += rest[:disagreed]
-    fig, axes = plt.subplots(len(chosen), len(methods) + 1, squeeze=False,
-                             figsize=(DOUBLE, DOUBLE / (len(methods) + 1) * len(chosen) * 1.05))
+    disagreeing = rest[:disagreed]
+    chosen += disagreeing
+    cell = DOUBLE / (len(methods) + 1.6)
+    title_height = max(len(m) for m in methods) * 5 * 0.6 / 72  # vertical titles, 5 pt
+    fig, axes = plt.subplots(len(chosen), len(methods) + 1, squeeze=False, layout="constrained",
+                             figsize=(DOUBLE, cell * len(chosen) + title_height + 0.1))
+    fig.get_layout_engine().set(w_pad=0.005, h_pad=0.005, wspace=0.0, hspace=0.0)
     for r, sample in enumerate(chosen):
         image, box = maps[f"image|{sample}"], maps.get(f"box|{sample}")
         _overlay(axes[r, 0], image, None, box)
-        label = "disagree" if r >= len(chosen) - min(disagreed, len(rest)) and r >= fixed else ""
-        axes[r, 0].set_ylabel(f"#{sample} {label}".strip(), fontsize=6)
+        label = f"#{sample}\ndisagree" if sample in disagreeing else f"#{sample}"
+        axes[r, 0].set_ylabel(label, fontsize=5, rotation=0, ha="right", va="center")
         for c, method in enumerate(methods, start=1):
             _overlay(axes[r, c], image, maps.get(f"saliency|{method}|{sample}"), box)
             if r == 0:
-                axes[r, c].set_title(method, fontsize=5, rotation=30, ha="left")
-    axes[0, 0].set_title("image", fontsize=6)
-    fig.subplots_adjust(wspace=0.03, hspace=0.03)
-    return _save(fig, out_dir, "qualitative")
+                axes[r, c].set_title(method, fontsize=5, rotation=90, va="bottom")
+    axes[0, 0].set_title("image", fontsize=5, rotation=90, va="bottom")
+    return fig
+
+
+def qualitative_grid(maps: dict, methods: list[str], out_dir: Path, fixed: int = 4, disagreed: int = 2,
+                     seed: int = 0) -> list[Path]:
+    return save_figure(draw_qualitative(maps, methods, fixed, disagreed, seed), out_dir, "qualitative")
+
+
+def short_class_names(names: list[str], limit: int = 12) -> tuple[list[str], list[str]]:
+    """(labels, legend): a label per class short enough for a figure (the numeric prefix of CUB-style
+    names, "001.Black_footed_Albatross" -> "001", else the first `limit` characters and "…"), and the
+    legend entries "label: full name" of the names that were shortened."""
+    labels, legend = [], []
+    for name in names:
+        prefix, dot, rest = name.partition(".")
+        short = prefix if dot and prefix.isdigit() else (name if len(name) <= limit else name[:limit - 1] + "…")
+        labels.append(short)
+        entry = f"{short}: {rest if dot and prefix.isdigit() else name}"
+        if short != name and entry not in legend:
+            legend.append(entry)
+    return labels, legend
+
+
+def legend_lines(entries: list[str], width_in: float, fontsize: float) -> str:
+    """`entries` packed into lines that fit `width_in` inches, never breaking inside an entry (a long
+    entry is wrapped on its own lines)."""
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    lines, line = [], ""
+    for entry in entries:
+        for piece in textwrap.wrap(entry, chars) or [""]:
+            candidate = f"{line}    {piece}" if line else piece
+            if len(candidate) > chars and line:
+                lines.append(line)
+                candidate = piece
+            line = candidate
+    return "\n".join(lines + [line] if line else lines)
+
+
+def draw_heads(maps: dict, model: str = "intr", sample: int | None = None,
+               class_names: list[str] | None = None) -> Figure | None:
+    """Rows: the true class and the top-k predictions; columns: each head, then their mean. None when the
+    store holds no per-head maps of `model`."""
+    _style()
+    keys = sorted(k for k in maps if k.startswith(f"heads|{model}|"))
+    if not keys:
+        return None
+    sample = sample if sample is not None else int(keys[0].split("|")[2])
+    heads = maps[f"heads|{model}|{sample}"].astype(np.float32)  # (1 + k, heads, h, w)
+    classes = [int(c) for c in maps[f"headclasses|{model}|{sample}"]]
+    image = maps[f"image|{sample}"]
+    probs = {int(c): p for c, p in maps.get(f"topk|{model}|{sample}", np.zeros((0, 2)))}
+    names = [class_names[c] if class_names and c < len(class_names) else str(c) for c in classes]
+    labels, legend = short_class_names(names)
+    n_rows, n_heads = heads.shape[0], heads.shape[1]
+    cell = DOUBLE / (n_heads + 2)
+    fig, axes = plt.subplots(n_rows, n_heads + 1, squeeze=False, layout="constrained",
+                             figsize=(DOUBLE, cell * n_rows + 0.3 + 0.1 * (len(legend) + 1)))
+    fig.get_layout_engine().set(w_pad=0.005, h_pad=0.005, wspace=0.0, hspace=0.0)
+    for r in range(n_rows):
+        tag = "true" if r == 0 else f"top-{r}"
+        prob = f"\np={probs[classes[r]]:.2f}" if classes[r] in probs else ""
+        for c in range(n_heads + 1):
+            _overlay(axes[r, c], image, heads[r, c] if c < n_heads else heads[r].mean(0))
+            if r == 0:
+                axes[r, c].set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
+        axes[r, 0].set_ylabel(f"{tag}: {labels[r]}{prob}", fontsize=6, rotation=0, ha="right", va="center")
+    if legend:  # the full class names, below the grid (the layout makes room for them)
+        fig.supxlabel(legend_lines(legend, DOUBLE, 5), fontsize=5)
+    return fig
 
 
 def intr_heads_figure(maps: dict, out_dir: Path, model: str = "intr", sample: int | None = None,
                       class_names: list[str] | None = None) -> list[Path]:
-    """Rows: the true class and the top-k predictions; columns: each head, then their mean."""
+    fig = draw_heads(maps, model, sample, class_names)
+    return [] if fig is None else save_figure(fig, out_dir, f"{model}_heads")
+
+
+def draw_explanation(explanation) -> Figure:
+    """An `xbench.engine.explain.Explanation`: the image, the method's map, the top-k classes (names
+    wrapped, never cut) and, for models with per-head attention, each head's map for every top-k class."""
     _style()
-    keys = sorted(k for k in maps if k.startswith(f"heads|{model}|"))
-    if not keys:
-        return []
-    sample = sample if sample is not None else int(keys[0].split("|")[2])
-    heads = maps[f"heads|{model}|{sample}"].astype(np.float32)  # (1 + k, heads, h, w)
-    classes = maps[f"headclasses|{model}|{sample}"]
-    image = maps[f"image|{sample}"]
-    probs = {int(c): p for c, p in maps.get(f"topk|{model}|{sample}", np.zeros((0, 2)))}
-    n_rows, n_heads = heads.shape[0], heads.shape[1]
-    fig, axes = plt.subplots(n_rows, n_heads + 1, squeeze=False,
-                             figsize=(DOUBLE, DOUBLE / (n_heads + 1) * n_rows * 1.1 + 0.4))
-    legend = []
-    for r in range(n_rows):
-        cls = int(classes[r])
-        name = class_names[cls] if class_names and cls < len(class_names) else str(cls)
-        short = name.split(".")[0]
-        tag = "true" if r == 0 else f"top-{r}"
-        prob = f"\np={probs[cls]:.2f}" if cls in probs else ""
-        for c in range(n_heads + 1):
-            attn = heads[r, c] if c < n_heads else heads[r].mean(0)
-            _overlay(axes[r, c], image, attn)
-            if r == 0:
-                axes[r, c].set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
-        axes[r, 0].set_ylabel(f"{tag}: {short}{prob}", fontsize=6, rotation=0, ha="right", va="center")
-        entry = f"{short}: {name.split('.', 1)[-1]}"
-        if short != name and entry not in legend:  # the true class may also be a top-k prediction
-            legend.append(entry)
-    fig.subplots_adjust(wspace=0.03, hspace=0.05)
-    if legend:  # full class names below the grid
-        fig.text(0.5, 0.0, "   ".join(legend), ha="center", va="top", fontsize=5, wrap=True)
-    return _save(fig, out_dir, f"{model}_heads")
+    image, saliency, top, heads = explanation.image, explanation.saliency, explanation.top_k, explanation.heads
+    cell = DOUBLE / 5
+    chars = int(cell * 72 / (0.55 * 6))  # characters of a 6 pt line across one image
+    title = [explanation.method] + textwrap.wrap(explanation.target, chars, break_on_hyphens=False)
+    names = [textwrap.fill(f"top-{i + 1}: {name}", 40, break_on_hyphens=False) for i, (name, _) in enumerate(top)]
+    top_height = max(cell + 0.15 * len(title), 0.17 * sum(n.count("\n") + 1 for n in names) + 0.45)
+    n_heads = heads.shape[1] if heads is not None else 0
+    head_rows = heads.shape[0] if heads is not None else 0
+    head_cell = DOUBLE / (n_heads + 2) if heads is not None else 0
+    fig = plt.figure(figsize=(DOUBLE, top_height + head_cell * head_rows + (0.25 if heads is not None else 0)),
+                     layout="constrained")
+    upper, lower = fig.subfigures(2, 1, height_ratios=[top_height, max(head_cell * head_rows, 1e-3)]) \
+        if heads is not None else (fig, None)
+    ax_image, ax_map, ax_bars = upper.subplots(1, 3, width_ratios=[1, 1, 3])
+    _overlay(ax_image, image, None)
+    ax_image.set_title("image", fontsize=6)
+    _overlay(ax_map, image, saliency)
+    ax_map.set_title("\n".join(title), fontsize=6)
+    ax_bars.barh(np.arange(len(top)), [p for _, p in top], color="C0", alpha=0.5)
+    ax_bars.set_yticks(np.arange(len(top)), names, fontsize=5)
+    for i, (_, prob) in enumerate(top):
+        ax_bars.text(min(prob, 0.85) + 0.02, i, f"{prob:.2f}", va="center", fontsize=5)
+    ax_bars.invert_yaxis()
+    ax_bars.set_xlim(0, 1)
+    ax_bars.set_xlabel("probability", fontsize=6)
+    ax_bars.tick_params(axis="x", labelsize=5)
+    if lower is not None:
+        axes = lower.subplots(head_rows, n_heads + 1, squeeze=False)
+        for r in range(head_rows):
+            for c in range(n_heads + 1):
+                _overlay(axes[r, c], image, heads[r, c] if c < n_heads else heads[r].mean(0))
+                if r == 0:
+                    axes[r, c].set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
+            axes[r, 0].set_ylabel(f"top-{r + 1}", fontsize=6, rotation=0, ha="right", va="center")
+    return fig
 
 
 def explanation_figure(explanation, out: str | Path) -> Path:
-    """Draw an `xbench.engine.explain.Explanation`: the image, the method's map, the top-k classes and,
-    for models with per-head attention, each head's map for every top-k class. Returns `out`."""
-    _style()
-    image, saliency, top, heads = explanation.image, explanation.saliency, explanation.top_k, explanation.heads
-    target_name, label, out = explanation.target, explanation.method, Path(out)
-    n_heads = heads.shape[1] if heads is not None else 0
-    rows = 1 + (heads.shape[0] if heads is not None else 0)
-    cols = max(3, n_heads + 1)
-    fig = plt.figure(figsize=(DOUBLE, DOUBLE / cols * rows * 1.15 + 0.3))
-    grid = fig.add_gridspec(rows, cols)
-    ax = fig.add_subplot(grid[0, 0])
-    _overlay(ax, image, None)
-    ax.set_title("image", fontsize=7)
-    ax = fig.add_subplot(grid[0, 1])
-    _overlay(ax, image, saliency)
-    ax.set_title(f"{label}\n{target_name[:24]}", fontsize=6)
-    ax = fig.add_subplot(grid[0, 2:])
-    ax.barh(np.arange(len(top)), [p for _, p in top], color="C0", alpha=0.35)
-    for i, (name, prob) in enumerate(top):  # names on the bars: long class names need the width
-        ax.text(0.01, i, f"{name} ({prob:.2f})", va="center", fontsize=5)
-    ax.set_yticks([])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("probability", fontsize=6)
-    ax.tick_params(axis="x", labelsize=6)
-    for r in range(1, rows):
-        for c in range(n_heads + 1):
-            ax = fig.add_subplot(grid[r, c])
-            attention = heads[r - 1, c] if c < n_heads else heads[r - 1].mean(0)
-            _overlay(ax, image, attention)
-            if r == 1:
-                ax.set_title(f"head {c}" if c < n_heads else "mean", fontsize=6)
-            if c == 0:
-                ax.set_ylabel(f"top-{r}: {top[r - 1][0][:14]}", fontsize=5)
+    """Draw an `xbench.engine.explain.Explanation` into `out` (.png or .pdf). Returns `out`."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight", dpi=200)
+    fig = draw_explanation(explanation)
+    fig.savefig(out, bbox_inches="tight", dpi=PNG_DPI)
     plt.close(fig)
     return out
 
