@@ -20,10 +20,10 @@ from xbench.config import load_config
 from xbench.datasets.synth import SynthSettings, generate
 from xbench.engine.evaluate import evaluate
 from xbench.engine.store import load_results
-from xbench.methods.baselines import content_seed
 from xbench.methods.explainer import Explainer
 from xbench.registry import EXPLAINERS, register_explainer
 from xbench.report import build_leaderboard
+from xbench.seeds import content_seed
 from xbench.train.trainer import train
 
 from ..conftest import HALF

@@ -27,9 +27,10 @@ from .methods import Method
 
 
 def selected_metrics(names: list[str], parameter_randomisation: bool = False) -> list[str]:
-    """The metric names to run: 'all' means every metric that is not opt-in (in registration order)."""
+    """The metric names to run: 'all' means every metric that is not opt-in (in registration order);
+    opt-in metrics named beside it are added."""
     if "all" in names:
-        names = [e.name for e in METRICS.entries() if not e.meta.get("opt_in")]
+        names = [e.name for e in METRICS.entries() if not e.meta.get("opt_in")] + [n for n in names if n != "all"]
     names = list(dict.fromkeys(names))
     for name in names:
         METRICS.get(name)
@@ -57,6 +58,14 @@ def _accepted(explainer: str, options: dict) -> dict:
     """The `options` that explainer's factory takes by name."""
     parameters = inspect.signature(EXPLAINERS.get(explainer).factory).parameters
     return {k: v for k, v in options.items() if k in parameters}
+
+
+def method_options(method: Method, user: dict[str, dict], mean, std, memory_budget_mb: float) -> dict:
+    """What `method`'s explainer is built with: the images' normalisation (pixel-space substrates and
+    baselines) and the memory budget where its factory takes them, unless the user sets them; then the
+    user's options for the explainer, then for the method (`explainer@model`)."""
+    context = {"mean": tuple(mean), "std": tuple(std), "memory_budget_mb": memory_budget_mb}
+    return {**_accepted(method.explainer, context), **user.get(method.explainer, {}), **user.get(method.label, {})}
 
 
 @dataclass
@@ -104,12 +113,8 @@ class BatchScorer:
         self.class_names, self.data_classes = class_names or {}, data_classes
         self.target, self.protocol, self.mean, self.std = target, protocol, mean, std
         self.device, self.memory_budget_mb, self.tags = device, memory_budget_mb, dict(tags or {})
-        options = explainer_options or {}
-        # What every explainer that takes them gets from the run unless the user sets them: the images'
-        # normalisation (pixel-space substrates and baselines) and the memory budget.
-        context = {"mean": tuple(mean), "std": tuple(std), "memory_budget_mb": memory_budget_mb}
-        self.options = {m.label: {**_accepted(m.explainer, context), **options.get(m.explainer, {}),
-                                  **options.get(m.label, {})} for m in methods}
+        self.options = {m.label: method_options(m, explainer_options or {}, mean, std, memory_budget_mb)
+                        for m in methods}
         self.localises = any(METRICS.get(m).meta.get("family") == "localisation" for m in metrics)
         self.explainers = {m.label: build_explainer(m.explainer, models[m.model], **self.options[m.label])
                            for m in methods}
@@ -180,7 +185,7 @@ class BatchScorer:
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
-                          randomised_maps=randomised, label_maps=label_maps, scale=shared.scale)
+                          randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)

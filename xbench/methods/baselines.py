@@ -8,20 +8,14 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
 from ..registry import register_explainer
+from ..seeds import content_generator
 from .explainer import Explainer
 
 ANY = "any model (the map ignores it)"
-
-
-def content_seed(image: torch.Tensor, seed: int) -> int:
-    digest = hashlib.sha1(image.detach().float().cpu().numpy().tobytes()).digest()
-    return (int.from_bytes(digest[:7], "little") + seed * 1_000_003) % 2**63
 
 
 @register_explainer("random", description="seeded uniform noise (per image content)", models=ANY)
@@ -33,7 +27,7 @@ class RandomMap(Explainer):
     def explain(self, images, targets):
         h, w = images.shape[-2:]
         size = (self.cells, self.cells) if self.cells else (h, w)
-        maps = [torch.rand(size, generator=torch.Generator().manual_seed(content_seed(img, self.seed)))
+        maps = [torch.rand(size, generator=content_generator(img, self.seed))
                 for img in images]
         return torch.stack(maps).to(images.device)
 

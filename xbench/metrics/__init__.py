@@ -9,6 +9,10 @@ the rest of the batch)::
     pointing_game(saliency, region), energy_pointing_game(saliency, boxes_or_region, image_size=...),
     mass_accuracy(saliency, region), rank_accuracy(saliency, region), max_box_accuracy(saliency, boxes, image_size=...)
     sparseness(saliency), complexity(saliency), parameter_randomisation(maps_trained, maps_random)
+    road(model, images, saliency, targets), region_perturbation(...), faithfulness_correlation(...),
+    monotonicity(...), monotonicity_correlation(...), sensitivity(explain, images, saliency, targets),
+    local_lipschitz(...)
+    (opt-in in the engine: name them in evaluate.metrics)
 
 A registered scorer takes a `MetricInput` (one batch of one method) and returns per-sample
 columns and curves. Its registry entry says, per column, whether higher is better and how a
@@ -39,13 +43,22 @@ from .localisation import (
     summarise_box_hits,
 )
 from .perturbation import PROTOCOLS, insertion_deletion, protocol_step
+from .removal import (
+    faithfulness_correlation,
+    monotonicity,
+    monotonicity_correlation,
+    region_perturbation,
+    road,
+)
+from .robustness import local_lipschitz, sensitivity
 from .sanity import RandomisationCascade, cascade_similarity, parameter_randomisation
 
 __all__ = [
     "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
     "energy_pointing_game", "mass_accuracy", "rank_accuracy", "max_box_accuracy", "summarise_box_hits", "boxes_to_mask",
     "sparseness", "complexity", "parameter_randomisation", "RandomisationCascade", "class_mean", "MetricInput",
-    "MetricOutput", "column", "column_table", "PROTOCOLS", "protocol_step", "REGIONS",
+    "MetricOutput", "column", "column_table", "PROTOCOLS", "protocol_step", "REGIONS", "road", "region_perturbation",
+    "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -72,6 +85,8 @@ class MetricInput:
     # Localisation is scored on maps of the true class, whatever class `targets` names (default: `maps`).
     label_maps: torch.Tensor | None = None
     scale: torch.Tensor | None = None  # (B, 2) transformed pixels per original pixel (sy, sx)
+    # the method's explainer: (images (N, 3, H, W), targets (N,)) -> raw maps (N, h, w), for robustness
+    explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def localisation_maps(self) -> torch.Tensor:
@@ -109,6 +124,77 @@ def score_insertion_deletion(inp: MetricInput) -> MetricOutput:
 def score_average_drop_gain(inp: MetricInput) -> MetricOutput:
     r = average_drop_gain(inp.model, inp.images, inp.maps, inp.targets, inp.mean, inp.std, batch_size=inp.chunk)
     return MetricOutput({"drop": r["drop"], "increase": r["increase"], "gain": r["gain"]})
+
+
+@register_metric("road", family="faithfulness", opt_in=True,
+                 description="ROAD: the target's probability with the 10..90% most (MoRF, down) or least (LeRF, "
+                 "up) salient pixels imputed by noisy linear imputation (opt-in)",
+                 columns={"road_morf": column("lower"), "road_lerf": column("higher")})
+def score_road(inp: MetricInput) -> MetricOutput:
+    r = road(inp.model, inp.images, inp.maps, inp.targets, batch_size=inp.chunk)
+    return MetricOutput({"road_morf": r["morf"], "road_lerf": r["lerf"]},
+                        {"road_morf_curve": r["morf_curve"], "road_lerf_curve": r["lerf_curve"]})
+
+
+@register_metric("region_perturbation", family="faithfulness", opt_in=True,
+                 description="AOPC of 8x8 patches replaced by the substrate colour, most salient first (up; opt-in)",
+                 columns={"region_perturbation": column("higher")})
+def score_region_perturbation(inp: MetricInput) -> MetricOutput:
+    r = region_perturbation(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std,
+                            batch_size=inp.chunk)
+    return MetricOutput({"region_perturbation": r["aopc"]}, {"region_perturbation_curve": r["curve"]})
+
+
+@register_metric("faithfulness_correlation", family="faithfulness", opt_in=True,
+                 description="Pearson of the saliency of 100 random 224-pixel subsets with the probability drop when "
+                 "they are removed (up; opt-in)",
+                 columns={"faithfulness_correlation": column("higher", percent=False)})
+def score_faithfulness_correlation(inp: MetricInput) -> MetricOutput:
+    value = faithfulness_correlation(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std,
+                                     batch_size=inp.chunk)
+    return MetricOutput({"faithfulness_correlation": value})
+
+
+@register_metric("monotonicity", family="faithfulness", opt_in=True,
+                 description="share of images whose probability never drops as pixels are restored, least salient "
+                 "first, one row at a time (up; opt-in)",
+                 columns={"monotonicity": column("higher")})
+def score_monotonicity(inp: MetricInput) -> MetricOutput:
+    r = monotonicity(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)
+    return MetricOutput({"monotonicity": r["monotonic"]})
+
+
+@register_metric("monotonicity_correlation", family="faithfulness", opt_in=True,
+                 description="Spearman between the saliency of 32 pixel groups and how much the probability moves "
+                 "when a group is set to a random grey (8 draws; up; opt-in)",
+                 columns={"monotonicity_correlation": column("higher", percent=False)})
+def score_monotonicity_correlation(inp: MetricInput) -> MetricOutput:
+    value = monotonicity_correlation(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std,
+                                     batch_size=inp.chunk)
+    return MetricOutput({"monotonicity_correlation": value})
+
+
+@register_metric("sensitivity", family="robustness", opt_in=True,
+                 description="Max- and Avg-Sensitivity: ||e(x') - e(x)|| / ||e(x)|| over 10 inputs with uniform "
+                 "noise of +-0.05 pixel units (down; opt-in)",
+                 columns={"max_sensitivity": column("lower", percent=False),
+                          "avg_sensitivity": column("lower", percent=False)})
+def score_sensitivity(inp: MetricInput) -> MetricOutput:
+    if inp.explain is None:
+        return MetricOutput()
+    r = sensitivity(inp.explain, inp.images, inp.maps, inp.targets, std=inp.std)
+    return MetricOutput({"max_sensitivity": r["max"], "avg_sensitivity": r["avg"]})
+
+
+@register_metric("local_lipschitz", family="robustness", opt_in=True,
+                 description="local Lipschitz estimate: max ||e(x') - e(x)|| / ||x' - x|| over 10 inputs with "
+                 "Gaussian noise of 0.05 pixel units (down; opt-in)",
+                 columns={"local_lipschitz": column("lower", percent=False)})
+def score_local_lipschitz(inp: MetricInput) -> MetricOutput:
+    if inp.explain is None:
+        return MetricOutput()
+    return MetricOutput({"local_lipschitz": local_lipschitz(inp.explain, inp.images, inp.maps, inp.targets,
+                                                            std=inp.std)})
 
 
 @register_metric("pointing_game", family="localisation",

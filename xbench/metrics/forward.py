@@ -60,20 +60,24 @@ def chunk_size(model: nn.Module, sample: torch.Tensor, budget_mb: float, backwar
 
 @torch.no_grad()
 def target_probabilities(model: nn.Module, build: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
-                         total: int, chunk: int) -> torch.Tensor:
+                         total: int, chunk: int, top: bool = False):
     """Softmax probability of each item's target class for items 0..total-1, `chunk` at a time.
 
     `build(start, end)` returns the perturbed images (end-start, 3, H, W) and their targets.
-    Returns (total,) float32 on the images' device.
+    Returns (total,) float32 on the images' device; with `top`, also (total,) the top class of each.
     """
-    out = None
+    out = best = None
     for start in range(0, total, chunk):
         end = min(start + chunk, total)
         images, targets = build(start, end)
         if out is None:
             out = torch.empty(total, device=images.device)
+            best = torch.empty(total, dtype=torch.long, device=images.device)
         dtype = perturbation_dtype(images.device)
         with torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(images)
         out[start:end] = logits.float().softmax(-1).gather(1, targets[:, None])[:, 0]
-    return out if out is not None else torch.empty(0)
+        best[start:end] = logits.argmax(-1)
+    if out is None:
+        out, best = torch.empty(0), torch.empty(0, dtype=torch.long)
+    return (out, best) if top else out

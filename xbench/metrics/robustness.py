@@ -1,0 +1,83 @@
+"""Robustness: how much an explanation moves when the input moves a little, batched.
+
+- Max- and Avg-Sensitivity (Yeh et al., NeurIPS 2019): over `samples` inputs x' = x + u, u uniform in
+  [-radius, radius] per channel value (pixel units), the largest and the mean of
+  ||e(x') - e(x)|| / ||e(x)|| (Frobenius norms; lower is better).
+- Local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018): over x' = x + g, g Gaussian with
+  standard deviation `sigma` (pixel units), the largest ||e(x') - e(x)|| / ||x' - x|| (lower is better).
+
+e is the explainer's map of the same target class, prepared as every metric prepares maps
+(`saliency.prepare`: at the image's size, min-max scaled), so the numbers compare explainers whose
+raw maps differ in scale. The perturbed images are stacked into the explainer's batch, `explain_batch`
+at a time; noise is drawn from `seed` and each image's content, so a score never depends on the batch.
+A constant map (nothing to normalise by) and a non-finite map score NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..config import IMAGENET_STD
+from ..seeds import content_generator
+from .forward import as_targets
+from .saliency import prepare, scoring_maps, with_nan_rows
+
+Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images (N, 3, H, W), targets (N,)) -> (N, h, w)
+
+
+def _per_image_noise(images: torch.Tensor, samples: int, seed: int, draw: Callable) -> torch.Tensor:
+    """(samples, B, C, H, W) drawn by `draw(shape, generator)` from each image's own generator."""
+    shape = (samples, *images.shape[1:])
+    return torch.stack([draw(shape, content_generator(image, seed)) for image in images], 1).to(images)
+
+
+def perturbed_maps(explain: Explain, images: torch.Tensor, targets: torch.Tensor, noise: torch.Tensor,
+                   explain_batch: int | None = None) -> torch.Tensor:
+    """(S, B, H, W) prepared maps of `images` + `noise` (S, B, C, H, W), explaining `targets`, the S*B
+    perturbed images explained `explain_batch` (default B) at a time."""
+    s, b = noise.shape[:2]
+    h, w = images.shape[-2:]
+    stacked = (images[None] + noise).flatten(0, 1)
+    repeated = targets.repeat(s)
+    step = explain_batch or b
+    maps = [prepare(explain(stacked[i:i + step], repeated[i:i + step]), (h, w)) for i in range(0, s * b, step)]
+    prepared = torch.cat([m.maps for m in maps]).view(s, b, h, w)
+    broken = torch.cat([m.nonfinite for m in maps]).view(s, b).any(0)
+    return torch.where(broken[None, :, None, None], torch.full_like(prepared, float("nan")), prepared)
+
+
+def sensitivity(explain: Explain, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
+                samples: int = 10, radius: float = 0.05, std=IMAGENET_STD, noise: torch.Tensor | None = None,
+                seed: int = 0, explain_batch: int | None = None) -> dict[str, torch.Tensor]:
+    """Max- and Avg-Sensitivity per image: max, avg (B,).
+
+    images (B, 3, H, W) normalised with `std` (the noise is drawn in pixel units and divided by it);
+    saliency (B, h, w) the explainer's maps of `images` for `targets` (B,); `noise` (S, B, C, H, W) in
+    the images' units replaces the draw."""
+    targets = as_targets(targets, images)
+    base = scoring_maps(saliency, tuple(images.shape[-2:]))
+    if noise is None:
+        scale = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, -1, 1, 1)
+        noise = _per_image_noise(images, samples, seed,
+                                 lambda shape, g: torch.rand(shape, generator=g) * 2 - 1) * radius / scale
+    moved = perturbed_maps(explain, images, targets, noise, explain_batch)
+    ratio = (moved - base.maps[None]).flatten(2).norm(dim=2) / base.maps.flatten(1).norm(dim=1)[None]
+    out = {"max": ratio.max(0).values, "avg": ratio.mean(0)}
+    return {k: with_nan_rows(v, base.nonfinite | base.degenerate) for k, v in out.items()}
+
+
+def local_lipschitz(explain: Explain, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
+                    samples: int = 10, sigma: float = 0.05, std=IMAGENET_STD, noise: torch.Tensor | None = None,
+                    seed: int = 0, explain_batch: int | None = None) -> torch.Tensor:
+    """(B,) local Lipschitz estimate: max over the samples of ||e(x') - e(x)|| / ||x' - x||, with x' - x
+    Gaussian of standard deviation `sigma` in pixel units (`noise` (S, B, C, H, W) replaces the draw)."""
+    targets = as_targets(targets, images)
+    base = scoring_maps(saliency, tuple(images.shape[-2:]))
+    if noise is None:
+        scale = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, -1, 1, 1)
+        noise = _per_image_noise(images, samples, seed, lambda shape, g: torch.randn(shape, generator=g)) * sigma / scale
+    moved = perturbed_maps(explain, images, targets, noise, explain_batch)
+    ratio = (moved - base.maps[None]).flatten(2).norm(dim=2) / noise.flatten(2).norm(dim=2)
+    return with_nan_rows(ratio.max(0).values, base.nonfinite | base.degenerate)
