@@ -241,6 +241,44 @@ def evaluate_cmd(
     typer.echo(f"results in {root} (results.csv, curves.npz, maps.npz, summary.json)")
 
 
+@app.command("roar")
+@_friendly_errors
+def roar_cmd(
+    methods: str = typer.Option(..., "--methods", help="Comma-separated methods whose maps choose the pixels."),
+    fractions: str = typer.Option("0,0.1,0.3,0.5,0.7,0.9", "--fractions",
+                                  help="Comma-separated fractions of pixels to remove; 0 trains one reference."),
+    modes: str = typer.Option("roar", "--modes", help="roar (most salient removed), kar (least), or roar,kar."),
+    dataset: str | None = DatasetOpt,
+    data_root: str | None = RootOpt,
+    out: Path | None = typer.Option(None, "--out", help="Results directory (default results/<dataset>_roar)."),
+    checkpoint: List[str] | None = typer.Option(None, "--checkpoint",
+                                                help="model=path of the explained model's checkpoint (repeatable)."),
+    config: List[Path] | None = ConfigOpt,
+    set_: List[str] | None = SetOpt,
+    device: str | None = DeviceOpt,
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """ROAR/KAR: retrain the config's model on images with each method's top (or bottom) pixels removed;
+    test accuracy per method and fraction. Resumable per (mode, method, fraction)."""
+    from .engine.roar import roar
+    from .report.figures import roar_figure
+
+    _setup_logging()
+    sets = list(set_ or []) + [f"evaluate.checkpoints.{n}={p}" for n, _, p in
+                               (item.partition("=") for item in checkpoint or [])]
+    cfg = resolve_config(config, sets, dataset=dataset, data_root=data_root)
+    try:
+        values = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise ValueError(f"--fractions takes numbers separated by commas, got {fractions!r}") from None
+    table = roar(cfg, [m for m in methods.split(",") if m.strip()], values,
+                 tuple(m.strip() for m in modes.split(",") if m.strip()), out=out, progress=progress, device=device)
+    root = Path(out or Path("results") / f"{cfg.dataset.name}_roar")
+    roar_figure(table, root)
+    typer.echo((root / "roar.md").read_text())
+    typer.echo(f"ROAR results in {root} (roar.csv, roar.md, roar.png, roar.pdf)")
+
+
 @app.command("leaderboard")
 @_friendly_errors
 def leaderboard_cmd(

@@ -11,7 +11,8 @@ that saves it (PNG + PDF) and returns the paths:
   overlaid, ground-truth box drawn;
 - heads: an image's per-head cross-attention for the true class and the top-k predicted classes
   (as the INTR paper shows);
-- explanation: what `xbench explain` computed for one image.
+- explanation: what `xbench explain` computed for one image;
+- roar: ROAR/KAR accuracy after retraining against the fraction of pixels removed.
 
 Methods keep one look across figures (`method_styles`): a colour family per model, shades, line
 styles and markers within it, greys for the baselines, so 24 methods stay apart. Layouts are
@@ -151,11 +152,12 @@ def draw_curves(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> Figure:
     legend_rows = int(np.ceil(len(methods) / columns))
     fig, axes = plt.subplots(grid_rows, 2, figsize=(DOUBLE, 2.5 * grid_rows + 0.13 * legend_rows), squeeze=False,
                              layout="constrained")
-    for ax, key in zip(axes.flat, panels):
+    for i, (ax, key) in enumerate(zip(axes.flat, panels)):
         title, xlabel, span, ylabel = CURVE_PANELS[key]
         ax.set_title(title)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        if i % 2 == 0 or ylabel != CURVE_PANELS[panels[i - 1]][3]:  # a row's panels share a y label
+            ax.set_ylabel(ylabel)
         if key not in curves:
             ax.set_visible(False)
             continue
@@ -436,6 +438,39 @@ def explanation_figure(explanation, out: str | Path) -> Path:
     fig.savefig(out, bbox_inches="tight", dpi=PNG_DPI)
     plt.close(fig)
     return out
+
+
+def draw_roar(table: pd.DataFrame) -> Figure:
+    """ROAR/KAR (`xbench.engine.roar` rows): test accuracy after retraining against the fraction of
+    pixels removed, one panel per mode, the reference run (nothing removed) at 0 on every line."""
+    _style()
+    modes = [m for m in ("roar", "kar") if m in set(table["mode"])]
+    reference = table[table["mode"] == "none"]
+    methods = list(dict.fromkeys(table.loc[table["mode"] != "none", "method"]))
+    styles = method_styles(methods)
+    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(DOUBLE if len(modes) > 1 else SINGLE, 2.6),
+                             squeeze=False, sharey=True, layout="constrained")
+    titles = {"roar": "ROAR: most salient removed\n(a steeper fall is better)",
+              "kar": "KAR: least salient removed\n(a flatter line is better)"}
+    for ax, mode in zip(axes[0], modes):
+        for method in methods:
+            mine = table[(table["mode"] == mode) & (table["method"] == method)].sort_values("fraction")
+            x, y = mine["fraction"].tolist(), (100 * mine["acc1"]).tolist()
+            if len(reference):
+                x, y = [0.0] + x, [100 * float(reference["acc1"].iloc[0])] + y
+            ax.plot(x, y, label=method, lw=1.1, markersize=3, **styles[method])
+        ax.set_title(titles[mode])
+        ax.set_xlabel("fraction of pixels removed")
+    axes[0, 0].set_ylabel("test acc@1 after retraining (%)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=_legend_columns(labels, DOUBLE, 6), fontsize=6,
+                   frameon=False)
+    return fig
+
+
+def roar_figure(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    return save_figure(draw_roar(table), Path(out_dir), "roar")
 
 
 def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: str | Path | None = None) -> list[Path]:

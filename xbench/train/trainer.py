@@ -31,7 +31,7 @@ from .. import build_model
 from .. import distributed as D
 from ..checkpoints import INIT_OPTIONS, checkpoint_payload, load_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig, check_builder_options, flatten
-from ..datasets import make_loader, training_data
+from ..datasets import TrainingData, make_loader, training_data
 from ..files import atomic_write_json
 from ..metrics.accuracy import accuracy_topk
 from ..provenance import record_provenance
@@ -148,8 +148,9 @@ def _tuples(value):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, ctx: D.Context | None = None, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: Config, ctx: D.Context | None = None, progress: bool = True,
+                 data: TrainingData | None = None):
+        self.cfg, self.progress, self.data = cfg, progress, data
         self.ctx = ctx or D.init_distributed()
         self.run_dir = cfg.run_dir()
         self.requested = cfg.to_dict()  # the settings as asked for, before the model's own replace model.*
@@ -161,7 +162,7 @@ class Trainer:
 
     def _setup(self):
         cfg, ctx = self.cfg, self.ctx
-        data = training_data(cfg.dataset, cfg.seed)
+        data = self.data or training_data(cfg.dataset, cfg.seed)
         self.train_set, self.val_set, self.val_source = data.train, data.val, data.source
         log.info("validating on %s", self.val_source)
         if len(self.train_set) == 0:
@@ -492,11 +493,12 @@ class Trainer:
 
 
 def train(cfg: Config, *, resume: bool = False, fresh: bool = False, allow_changes: bool = False,
-          progress: bool = True, device: str | None = None) -> dict:
+          progress: bool = True, device: str | None = None, data: TrainingData | None = None) -> dict:
     """Train `cfg.model` on `cfg.dataset` with `cfg.train`; returns the run summary. `device`: cpu,
-    cuda or cuda:N (default: CUDA when present)."""
+    cuda or cuda:N (default: CUDA when present). `data` replaces the datasets `cfg.dataset` names
+    (ROAR trains on images with pixels removed)."""
     ctx = D.init_distributed(device)
     try:
-        return Trainer(cfg, ctx, progress).fit(resume=resume, fresh=fresh, allow_changes=allow_changes)
+        return Trainer(cfg, ctx, progress, data).fit(resume=resume, fresh=fresh, allow_changes=allow_changes)
     finally:
         D.shutdown(ctx)
