@@ -37,7 +37,8 @@ wheel-check: | $(BIN)/python
 	cd / && $(WHEEL_VENV)/bin/python -c "from xbench.config import load_config; \
 	cfg = load_config([], ['dataset.name=cub']); \
 	assert (cfg.dataset.image_size, cfg.train.epochs, cfg.model.options['backbone']) == (224, 30, 'resnet50'), cfg; \
-	assert load_config(['paper/intr_cub.yaml']).train.epochs == 140; print('wheel: recipes load')"
+	assert load_config(['paper/intr_cub.yaml']).train.epochs == 140; \
+	assert load_config(['roar/quickstart.yaml']).train.epochs == 6; print('wheel: recipes load')"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis dist build
