@@ -370,3 +370,15 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="was refused"):
         xbench.build_model("cnn", num_classes=3, backbone="resnet18", backbone_weights=str(tmp_path / "evil.pt"))
     assert not marker.exists()
+
+
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    torch.manual_seed(0)
+    model = xbench.build_model("cnn", num_classes=3, backbone="resnet18", channels=[8, 16, 32, 64])
+    payload = checkpoint_payload(model, "cnn", 3, ["a", "b", "c"], {"model": {"name": "cnn"}})
+    first = save_checkpoint(tmp_path / "one" / "best.pt", payload)
+    second = save_checkpoint(tmp_path / "two" / "best.pt", payload)
+    # evaluation fingerprints models by their file's sha256: a retrained, identical model must match
+    assert first.read_bytes() == second.read_bytes()
+    loaded = load_checkpoint(first)["model"]
+    assert all(torch.equal(loaded[k], v) for k, v in payload["model"].items())

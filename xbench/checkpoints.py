@@ -38,8 +38,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write `payload` atomically (see `atomic_write`)."""
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """Write `payload` atomically (see `atomic_write`). Saved through a file object, so the archive
+    inside is not named after the temporary file: the same payload gives the same bytes (and sha256,
+    which evaluation stores fingerprint models by)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
