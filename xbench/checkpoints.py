@@ -66,9 +66,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if module:
             raise CheckpointError(
                 f"{path} holds a whole pickled model ({module}), not its weights; xbench reads only tensors. "
-                "Export the weights where the model is defined: torch.save(model.state_dict(), 'weights.pth') "
-                "(for this file, if you trust it: torch.save(torch.load(path, weights_only=False).state_dict(), "
-                "'weights.pth')), then pass that file"
+                "Export the weights where the model is defined: torch.save(model.state_dict(), 'weights.pth'), "
+                "then pass that file (xbench never unpickles code, so only code you trust may re-save this one)"
             ) from None
         if "GLOBAL" in detail:
             raise CheckpointError(

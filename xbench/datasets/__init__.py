@@ -25,7 +25,7 @@ from .base import (
 )
 from .transforms import build_transform, denormalise, normalise
 
-__all__ = ["build_dataset", "training_data", "TrainingData", "HOLDOUT", "stratified_subset", "make_loader", "check_dataset", "collate", "ImageDataset", "DatasetError", "Skipped",
+__all__ = ["build_dataset", "training_data", "TrainingData", "HOLDOUT", "holdout", "stratified_subset", "make_loader", "check_dataset", "collate", "ImageDataset", "DatasetError", "Skipped",
            "UnreadableImage", "load_rgb", "build_transform", "denormalise", "normalise", "CheckReport", "Problem"]
 
 
@@ -58,15 +58,20 @@ def training_data(cfg, seed: int) -> TrainingData:
         if val.classes != train.classes:
             raise DatasetError(f"the {cfg.val_split} and {cfg.train_split} splits of {cfg.name} list different classes")
         return TrainingData(train, val, f"the {cfg.val_split} split ({len(val)} images)")
-    if not 0 < cfg.val_fraction < 1:
-        raise DatasetError(f"dataset.val_fraction must be between 0 and 1 for a hold-out, got {cfg.val_fraction}")
-    labels = [r.label for r in train.records]
-    held = stratified_subset(labels, max(1, round(cfg.val_fraction * len(labels))), seed)
-    kept = sorted(set(range(len(labels))) - set(held))
+    kept, held = holdout(train, cfg.val_fraction, seed)
     val = build_dataset(cfg, cfg.train_split).subset(held)
     source = (f"a hold-out of {len(held)} {cfg.train_split} images ({100 * cfg.val_fraction:g}%, stratified by class, "
               f"seed {seed}); {len(kept)} left to train on")
     return TrainingData(train.subset(kept), val, source)
+
+
+def holdout(dataset: ImageDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held): a class-stratified `fraction` of `dataset`'s samples drawn from `seed`, and the rest."""
+    if not 0 < fraction < 1:
+        raise DatasetError(f"dataset.val_fraction must be between 0 and 1 for a hold-out, got {fraction}")
+    labels = [r.label for r in dataset.records]
+    held = stratified_subset(labels, max(1, round(fraction * len(labels))), seed)
+    return sorted(set(range(len(labels))) - set(held)), held
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool = False, num_workers: int = 0, sampler=None,

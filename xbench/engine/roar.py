@@ -29,12 +29,13 @@ from tqdm import tqdm
 
 from .. import build_explainer, load_model
 from ..config import Config
-from ..datasets import TrainingData, build_dataset, make_loader
-from ..datasets.base import Skipped, stratified_subset
+from ..datasets import TrainingData, build_dataset, holdout, make_loader
+from ..datasets.base import Skipped
 from ..datasets.transforms import pixel_colour
 from ..files import atomic_write, atomic_write_text
 from ..methods.classes import class_index_map
-from ..metrics.saliency import descending_order, prepare
+from ..metrics.saliency import descending_order, positions, prepare
+from ..train.trainer import train
 from .methods import adopt_normalisation, load_evaluated_model, parse_methods
 from .scoring import method_options
 
@@ -63,11 +64,8 @@ class RemovedPixels(torch.utils.data.Dataset):
     def removed(self, i: int) -> torch.Tensor:
         """(H, W) bool: the pixels sample i of `base` loses."""
         saliency = torch.from_numpy(self.maps[i].astype(np.float32))
-        order = descending_order(saliency[None])[0]
-        chosen = order[:self.count] if self.mode == "roar" else order[order.numel() - self.count:]
-        mask = torch.zeros(order.numel(), dtype=torch.bool)
-        mask[chosen] = True
-        return mask.view(saliency.shape)
+        rank = positions(descending_order(saliency[None]))[0].view(saliency.shape)
+        return rank < self.count if self.mode == "roar" else rank >= rank.numel() - self.count
 
     def __getitem__(self, key):
         i = self.indices[key[1] if isinstance(key, tuple) else key]  # (stream, position) from the sampler
@@ -149,9 +147,7 @@ def roar(cfg: Config, methods: list[str], fractions: list[float], modes: tuple[s
     adopt_normalisation(cfg, explained)
     train_base = build_dataset(cfg.dataset, cfg.dataset.train_split, train=False)
     test_base = build_dataset(cfg.dataset, cfg.dataset.eval_split, train=False)
-    held = stratified_subset([r.label for r in train_base.records],
-                             max(1, round(cfg.dataset.val_fraction * len(train_base))), cfg.seed)
-    kept = sorted(set(range(len(train_base))) - set(held))
+    kept, held = holdout(train_base, cfg.dataset.val_fraction, cfg.seed)
     fill = pixel_colour(cfg.dataset.mean, cfg.dataset.mean, cfg.dataset.std, torch.zeros(3, 1, 1))
     csv = out / "roar.csv"
     rows = pd.read_csv(csv).to_dict("records") if csv.is_file() else []
@@ -176,8 +172,6 @@ def roar(cfg: Config, methods: list[str], fractions: list[float], modes: tuple[s
                             RemovedPixels(train_base, maps["train"], count, removal, fill, held),
                             f"a hold-out of {len(held)} train images, changed alike")
         run_cfg = replace(cfg, output_dir=str(out / "runs" / f"{mode}-{method.replace('@', '_at_')}-{fraction:g}"))
-        from ..train.trainer import train
-
         run = run_cfg.run_dir()
         summary = train(run_cfg, resume=(run / "last.pt").is_file(), progress=progress, device=str(device), data=data)
         model, _ = load_model(run / "best.pt")

@@ -28,7 +28,7 @@ from torch import nn
 from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
 from ..datasets.transforms import pixel_colour
 from .forward import as_targets, chunk_size, target_probabilities
-from .saliency import descending_order, scoring_maps, with_nan_rows
+from .saliency import descending_order, positions, scoring_maps, with_nan_rows
 
 # rows_per_step: pixels per step in image rows; target: the class scored; blur: the insertion
 # substrate's gkern(size, sigma) (RISE's evaluation.py; CA-Stream's engine/evaluation.py).
@@ -95,10 +95,8 @@ def insertion_deletion(model: nn.Module, images: torch.Tensor, saliency: torch.T
     step = step or protocol_step(protocol, w)
     size, sigma = blur_kernel or _protocol(protocol)["blur"]
     n = math.ceil(h * w / step)
-    rank = torch.empty(b, h * w, dtype=torch.long, device=images.device)
     prepared = scoring_maps(saliency, (h, w))
-    rank.scatter_(1, descending_order(prepared.maps),
-                  torch.arange(h * w, device=images.device).expand(b, -1))
+    rank = positions(descending_order(prepared.maps))
     fill = pixel_colour(substrate, mean, std, images)
     blurred = blur(images, size, sigma, fill=fill)
     per_image = n + 1

@@ -34,7 +34,7 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
 from ..datasets.transforms import pixel_colour
 from ..seeds import content_generator
 from .forward import as_targets, chunk_size, target_probabilities
-from .saliency import descending_order, scoring_maps, with_nan_rows
+from .saliency import descending_order, positions, scoring_maps, with_nan_rows
 
 ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 MAX_UNKNOWNS = 2_000_000  # imputed pixels per sparse solve (SuperLU's memory grows with them)
@@ -86,8 +86,7 @@ def road_images(images: torch.Tensor, order: torch.Tensor, percentages=ROAD_PERC
     (MoRF), then with the last ones (LeRF), plus `noise` x N(0, 1) on the imputed pixels drawn from
     `seed` and the image's content (`seeds.content_generator`), so a score never depends on the batch."""
     b, c, h, w = images.shape
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(h * w, device=order.device).expand(b, -1))
+    rank = positions(order)
     counts = torch.tensor([h * w * p // 100 for p in percentages], device=order.device)
     most = rank[:, None, :] < counts[None, :, None]  # (B, P, H*W)
     least = rank[:, None, :] >= (h * w - counts)[None, :, None]
@@ -168,9 +167,7 @@ def region_perturbation(model: nn.Module, images: torch.Tensor, saliency: torch.
     order = patch_order(prepared.maps, patch)
     steps = min(regions, order.shape[1])
     cell_of, _ = patch_grid(h, w, patch, images.device)
-    step_of_cell = torch.empty_like(order)
-    step_of_cell.scatter_(1, order, torch.arange(order.shape[1], device=images.device).expand(b, -1))
-    step_of_pixel = step_of_cell[:, cell_of].view(b, 1, h, w)  # when each pixel is replaced (0-based)
+    step_of_pixel = positions(order)[:, cell_of].view(b, 1, h, w)  # when each pixel is replaced (0-based)
     fill = pixel_colour(substrate, mean, std, images)
     per_image = steps + 1
 
@@ -249,9 +246,7 @@ def monotonicity(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
     targets = as_targets(targets, images)
     step = step or w
     prepared = scoring_maps(saliency, (h, w))
-    ascending = descending_order(prepared.maps).flip(1)
-    rank = torch.empty_like(ascending)
-    rank.scatter_(1, ascending, torch.arange(h * w, device=images.device).expand(b, -1))
+    rank = positions(descending_order(prepared.maps).flip(1))  # ascending saliency
     n = math.ceil(h * w / step)
     fill = pixel_colour(substrate, mean, std, images)
 
@@ -291,9 +286,7 @@ def monotonicity_correlation(model: nn.Module, images: torch.Tensor, saliency: t
     prepared = scoring_maps(saliency, (h, w))
     step = math.ceil(h * w / groups)
     groups = math.ceil(h * w / step)
-    ascending = descending_order(prepared.maps).flip(1)
-    group_of = torch.empty_like(ascending)
-    group_of.scatter_(1, ascending, (torch.arange(h * w, device=images.device) // step).expand(b, -1).contiguous())
+    group_of = positions(descending_order(prepared.maps).flip(1)) // step  # groups in ascending saliency
     if values is None:
         values = torch.stack([torch.rand(groups, samples, generator=content_generator(image, seed)) for image in images])
     values = values.to(images)

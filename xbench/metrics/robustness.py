@@ -27,10 +27,12 @@ from .saliency import prepare, scoring_maps, with_nan_rows
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images (N, 3, H, W), targets (N,)) -> (N, h, w)
 
 
-def _per_image_noise(images: torch.Tensor, samples: int, seed: int, draw: Callable) -> torch.Tensor:
-    """(samples, B, C, H, W) drawn by `draw(shape, generator)` from each image's own generator."""
+def pixel_noise(images: torch.Tensor, samples: int, seed: int, std, draw: Callable) -> torch.Tensor:
+    """(samples, B, C, H, W) drawn by `draw(shape, generator)` in pixel units from each image's own
+    generator, in the images' units (divided by the normalisation's `std`)."""
     shape = (samples, *images.shape[1:])
-    return torch.stack([draw(shape, content_generator(image, seed)) for image in images], 1).to(images)
+    noise = torch.stack([draw(shape, content_generator(image, seed)) for image in images], 1).to(images)
+    return noise / torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, -1, 1, 1)
 
 
 def perturbed_maps(explain: Explain, images: torch.Tensor, targets: torch.Tensor, noise: torch.Tensor,
@@ -59,9 +61,7 @@ def sensitivity(explain: Explain, images: torch.Tensor, saliency: torch.Tensor, 
     targets = as_targets(targets, images)
     base = scoring_maps(saliency, tuple(images.shape[-2:]))
     if noise is None:
-        scale = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, -1, 1, 1)
-        noise = _per_image_noise(images, samples, seed,
-                                 lambda shape, g: torch.rand(shape, generator=g) * 2 - 1) * radius / scale
+        noise = pixel_noise(images, samples, seed, std, lambda shape, g: (torch.rand(shape, generator=g) * 2 - 1) * radius)
     moved = perturbed_maps(explain, images, targets, noise, explain_batch)
     ratio = (moved - base.maps[None]).flatten(2).norm(dim=2) / base.maps.flatten(1).norm(dim=1)[None]
     out = {"max": ratio.max(0).values, "avg": ratio.mean(0)}
@@ -76,8 +76,7 @@ def local_lipschitz(explain: Explain, images: torch.Tensor, saliency: torch.Tens
     targets = as_targets(targets, images)
     base = scoring_maps(saliency, tuple(images.shape[-2:]))
     if noise is None:
-        scale = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, -1, 1, 1)
-        noise = _per_image_noise(images, samples, seed, lambda shape, g: torch.randn(shape, generator=g)) * sigma / scale
+        noise = pixel_noise(images, samples, seed, std, lambda shape, g: torch.randn(shape, generator=g) * sigma)
     moved = perturbed_maps(explain, images, targets, noise, explain_batch)
     ratio = (moved - base.maps[None]).flatten(2).norm(dim=2) / noise.flatten(2).norm(dim=2)
     return with_nan_rows(ratio.max(0).values, base.nonfinite | base.degenerate)

@@ -74,3 +74,11 @@ def with_nan_rows(values: torch.Tensor, nonfinite: torch.Tensor) -> torch.Tensor
 def descending_order(maps: torch.Tensor) -> torch.Tensor:
     """(B, H, W) -> (B, H*W) pixel indices by descending value, ties by ascending index."""
     return torch.argsort(-maps.flatten(1), dim=1, stable=True)
+
+
+def positions(order: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, N): where each element stands in `order` (the inverse permutation); with
+    `descending_order`, each pixel's rank (0 = most salient)."""
+    out = torch.empty_like(order)
+    out.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return out

@@ -136,7 +136,7 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, rank
                 row.append('<td data-value=""></td>')
                 continue
             cell = cells.loc[key]
-            mean, interval = cell_text(cell, False), cell_text(cell)[len(cell_text(cell, False)):].strip()
+            mean, _, interval = cell_text(cell).partition(" ")
             text = f'{mean} <span class="ci">{interval}</span>'
             signed = cell["mean"] if cell["direction"] == "higher" else -cell["mean"]  # a click sorts best first
             row.append(f'<td data-value="{signed}">{f"<b>{text}</b>" if cell["bold"] else text}</td>')
@@ -210,13 +210,16 @@ def models_section(models: dict, board: Leaderboard) -> str:
     return f'<div class="scroll"><table class="models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def run_section(run_dir: Path, summary: dict) -> str:
-    provenance = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").exists() else {}
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_section(run_dir: Path, summary: dict, provenance: dict) -> str:
+    run = _json(run_dir / "run.json")
     data = (run.get("config") or {}).get("dataset") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (provenance.get("versions") or {}).items())
     seconds = summary.get("seconds_this_run")
-    device = str(provenance.get("device", ""))
+    device = str(provenance.get("device", "")) + (f" ({provenance['gpu']})" if provenance.get("gpu") else "")
     hardware = f"{device}; {provenance.get('cpus', '?')} CPU cores; {provenance.get('platform', '')}"
     facts = [
         ("date", html.escape(str(provenance.get("date", "")))),
@@ -243,7 +246,7 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "report.html"
     summary = json.loads((run_dir / "summary.json").read_text())
-    provenance = json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").exists() else {}
+    provenance = _json(run_dir / "provenance.json")
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     skipped = summary.get("skipped_files", []) + summary.get("dataset_problems", [])
     headline = headline_metrics(board)
@@ -272,7 +275,7 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
         "<h2 id='figures'>Figures</h2>",
         *(_figure(p) for p in figures if p.suffix == ".png"),
         "<h2 id='models'>Models</h2>", models_section(load_models(run_dir), board),
-        "<h2 id='run'>Run</h2>", run_section(run_dir, summary),
+        "<h2 id='run'>Run</h2>", run_section(run_dir, summary, provenance),
     ]
     if skipped:
         parts.append(f"<p class='note'>{len(skipped)} file(s) skipped or annotation problem(s):</p><pre>"

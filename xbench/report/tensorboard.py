@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from .leaderboard import TABLE_NOTE, Leaderboard, headline_metrics, headline_table
 
 
@@ -41,7 +43,7 @@ def write_tensorboard(board: Leaderboard, out_dir: str | Path) -> Path:
             acc = accuracy.loc[(dataset, method)] if (dataset, method) in accuracy.index else None
             scores = {f"headline/{c['metric']}": float(c["scale"] * c["mean"])
                       for _, c in mine.iterrows() if c["metric"] in headline}
-            if acc is not None and acc["acc1"] == acc["acc1"]:  # NaN: unlabelled samples
+            if acc is not None and pd.notna(acc["acc1"]):  # NaN: unlabelled samples
                 writer.add_scalar("accuracy/acc1", 100 * acc["acc1"], 0)
                 writer.add_scalar("accuracy/acc5", 100 * acc["acc5"], 0)
                 scores["headline/acc1"] = float(100 * acc["acc1"])
