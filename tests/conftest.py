@@ -12,6 +12,7 @@ from xbench.checkpoints import checkpoint_payload, save_checkpoint
 from xbench.config import load_config
 from xbench.datasets import build_dataset
 from xbench.datasets.synth import SynthSettings, generate
+from xbench.train.trainer import train
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -48,3 +49,34 @@ def tiny_run_setup(tmp_path_factory):
         payload = checkpoint_payload(model, name, 3, classes, {"model": {"name": name, **options}})
         save_checkpoint(base / "runs" / "synth" / name / "best.pt", payload)
     return base, overrides
+
+
+CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
+
+
+def data_overrides(root, settings: SynthSettings) -> list[str]:
+    """The config settings that point at a generated synthetic tree."""
+    return [
+        "dataset.name=synth", "dataset.format=synth", f"dataset.root={root}", f"dataset.image_size={settings.size}",
+        f"dataset.synth.classes={settings.classes}", f"dataset.synth.size={settings.size}",
+        f"dataset.synth.train_per_class={settings.train_per_class}",
+        f"dataset.synth.test_per_class={settings.test_per_class}", f"dataset.synth.seed={settings.seed}",
+        "dataset.cache_images=true", "train.log_tensorboard=false",
+    ]
+
+
+@pytest.fixture(scope="session")
+def learnable(tmp_path_factory):
+    """4 classes at 48 px, 100 training images each: enough to beat chance in seconds."""
+    settings = SynthSettings(classes=4, size=48, train_per_class=100, test_per_class=8, seed=0)
+    root = generate(tmp_path_factory.mktemp("learnable") / "data", settings, workers=2, progress=False)
+    return data_overrides(root, settings) + [f"output_dir={tmp_path_factory.mktemp('runs')}"]
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(learnable):
+    """A cnn trained on `learnable` (8 epochs): its run summary."""
+    cfg = load_config([], learnable + CNN + [
+        "train.epochs=8", "train.batch_size=16", "train.lr=0.003", "train.warmup_epochs=0",
+        "train.weight_decay=0", "train.label_smoothing=0"])
+    return train(cfg, progress=False)

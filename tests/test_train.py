@@ -17,33 +17,7 @@ from xbench.datasets.synth import SynthSettings, generate
 from xbench.distributed import EpochSampler, ShardSampler
 from xbench.train.trainer import RunExistsError, Trainer, build_optimizer, lr_factor, train
 
-CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
-
-
-def _data_overrides(root, settings: SynthSettings) -> list[str]:
-    return [
-        "dataset.name=synth", "dataset.format=synth", f"dataset.root={root}", f"dataset.image_size={settings.size}",
-        f"dataset.synth.classes={settings.classes}", f"dataset.synth.size={settings.size}",
-        f"dataset.synth.train_per_class={settings.train_per_class}",
-        f"dataset.synth.test_per_class={settings.test_per_class}", f"dataset.synth.seed={settings.seed}",
-        "dataset.cache_images=true", "train.log_tensorboard=false",
-    ]
-
-
-@pytest.fixture(scope="module")
-def learnable(tmp_path_factory):
-    """4 classes at 48 px, 100 training images each: enough to beat chance in seconds."""
-    settings = SynthSettings(classes=4, size=48, train_per_class=100, test_per_class=8, seed=0)
-    root = generate(tmp_path_factory.mktemp("learnable") / "data", settings, workers=2, progress=False)
-    return _data_overrides(root, settings) + [f"output_dir={tmp_path_factory.mktemp('runs')}"]
-
-
-@pytest.fixture(scope="module")
-def trained_cnn(learnable):
-    cfg = load_config([], learnable + CNN + [
-        "train.epochs=8", "train.batch_size=16", "train.lr=0.003", "train.warmup_epochs=0",
-        "train.weight_decay=0", "train.label_smoothing=0"])
-    return train(cfg, progress=False)
+from .conftest import CNN, data_overrides
 
 
 def _history(summary):
@@ -93,7 +67,7 @@ def test_intr_learns_on_the_trained_cnn_backbone(learnable, trained_cnn):
 def small(tmp_path_factory):
     settings = SynthSettings(classes=3, size=40, train_per_class=12, test_per_class=3, seed=5)
     root = generate(tmp_path_factory.mktemp("small") / "data", settings, progress=False)
-    return _data_overrides(root, settings)
+    return data_overrides(root, settings)
 
 
 def test_resume_after_a_stop_gives_the_same_final_weights(small, tmp_path):

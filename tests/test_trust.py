@@ -26,7 +26,7 @@ from xbench.datasets.synth import SynthSettings, ensure_generated, generate
 from xbench.quickstart import load_quickstart
 from xbench.train.trainer import RunExistsError, train
 
-from .test_train import CNN, _data_overrides
+from .conftest import CNN, data_overrides
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ runner = CliRunner()
 def data(tmp_path_factory):
     settings = SynthSettings(classes=3, size=40, train_per_class=12, test_per_class=3, seed=5)
     root = generate(tmp_path_factory.mktemp("trust") / "data", settings, progress=False)
-    return _data_overrides(root, settings)
+    return data_overrides(root, settings)
 
 
 def _paths(dataset) -> set[str]:

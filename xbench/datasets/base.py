@@ -141,13 +141,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list[Record], classes: list[str], transform: Callable | None,
                  discriminative_parts: dict[int, list[int]] | None = None, problems: list[Problem] | None = None,
-                 cache_images: bool = False, part_names: dict[int, str] | None = None):
+                 cache_images: bool = False, part_names: dict[int, str] | None = None, scenes=None):
         self.records = records
         self.classes = classes
         self.transform = transform
         self.discriminative_parts = discriminative_parts
         self.problems = problems or []
         self.part_names = part_names or {}
+        self.scenes = scenes  # synthetic data: what re-renders a sample with interventions (synth.Scenes)
         self._cache: dict[int, np.ndarray] | None = {} if cache_images else None
 
     def __len__(self) -> int:
@@ -156,7 +157,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def subset(self, indices: list[int]) -> ImageDataset:
         """The same dataset (classes, transform, annotations) restricted to `indices`, renumbered 0.."""
         return ImageDataset([self.records[i] for i in indices], self.classes, self.transform,
-                            self.discriminative_parts, self.problems, self._cache is not None, self.part_names)
+                            self.discriminative_parts, self.problems, self._cache is not None, self.part_names,
+                            self.scenes.subset(indices) if self.scenes is not None else None)
 
     @property
     def num_classes(self) -> int:
@@ -210,6 +212,26 @@ class ImageDataset(torch.utils.data.Dataset):
                 sample = self.transform(sample)
         return self._finish(sample, index, rec.label, original)
 
+    def intervened(self, index: int, remove: tuple[str, ...] = (), swap: dict[str, int] | None = None) -> dict:
+        """Sample `index` re-rendered with parts or distractors removed and attribute parts swapped (synthetic
+        data: `synth.Scenes.render`), through the transform `__getitem__` applies, so that without
+        interventions it equals the sample read from disk. Adds ``distractors`` (H,W) int64 (0: none,
+        i + 1: distractor i's visible pixels) and ``distractor_count`` (how many the scene draws)."""
+        if self.scenes is None:
+            raise DatasetError("interventions re-render a sample with parts removed or swapped, which only the "
+                               "synthetic benchmark can do (dataset.format synth)")
+        drawn = self.scenes.render(index, remove, swap)
+        image = torch.from_numpy(drawn["image"]).permute(2, 0, 1).contiguous()
+        part_mask = torch.from_numpy(drawn["parts"].astype(np.int64))
+        sample = as_tv_sample(image, mask=part_mask > 0, part_mask=part_mask,
+                              distractors=torch.from_numpy(drawn["distractors"].astype(np.int64)))
+        original = tuple(image.shape[-2:])
+        if self.transform is not None:
+            sample = self.transform(sample)
+        out = self._finish(sample, index, self.records[index].label, original)
+        out["distractor_count"] = drawn["distractor_count"]
+        return out
+
     def _finish(self, sample: dict, index: int, label: int, original: tuple[int, int]) -> dict:
         out = {"image": sample["image"].as_subclass(torch.Tensor), "label": label, "index": index,
                "scale": frame_scale(sample["frame"], original)}
@@ -227,6 +249,8 @@ class ImageDataset(torch.utils.data.Dataset):
             if self.discriminative_parts is not None:
                 ids = torch.as_tensor(self.discriminative_parts.get(label, []), dtype=torch.long)
                 out["disc_mask"] = torch.isin(part_mask, ids)
+        if "distractors" in sample:
+            out["distractors"] = sample["distractors"].as_subclass(torch.Tensor).long()
         if "parts" in sample:
             xy = sample["parts"].as_subclass(torch.Tensor).float()
             inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)

@@ -1,7 +1,7 @@
 """Joint image/box/mask/keypoint transforms and conversions between pixel spaces.
 
 Transforms act on a dict of torchvision tv_tensors (`image`, `box`, `mask`, `part_mask`,
-`parts`), so annotations follow the image through every resize, crop and flip.
+`parts`, `distractors`), so annotations follow the image through every resize, crop and flip.
 
 Named transforms (config keys dataset.train_transform / dataset.eval_transform):
 - ``resize``: resize to a square image_size x image_size, no crop (the benchmark protocol).
@@ -78,7 +78,7 @@ def build_transform(name: str, image_size: int, train: bool, mean: Sequence[floa
     ])
 
 
-def as_tv_sample(image: torch.Tensor, box=None, mask=None, part_mask=None, parts=None) -> dict:
+def as_tv_sample(image: torch.Tensor, box=None, mask=None, part_mask=None, parts=None, distractors=None) -> dict:
     """Wrap a uint8 (3,H,W) image and its annotations in tv_tensors for `build_transform`.
 
     `frame` holds the image's corners (0, 0) and (W, H): where the transform puts them gives its
@@ -94,6 +94,8 @@ def as_tv_sample(image: torch.Tensor, box=None, mask=None, part_mask=None, parts
         sample["part_mask"] = tv_tensors.Mask(part_mask)
     if parts is not None:
         sample["parts"] = tv_tensors.KeyPoints(parts, canvas_size=canvas)
+    if distractors is not None:
+        sample["distractors"] = tv_tensors.Mask(distractors)
     return sample
 
 
