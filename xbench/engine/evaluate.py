@@ -26,7 +26,7 @@ from ..methods.classes import class_index_map
 from ..metrics import column_table
 from .artefacts import FigureArtefacts
 from .methods import adopt_normalisation, load_evaluated_model, parse_methods
-from .scoring import BatchScorer, resolve_target, selected_metrics
+from .scoring import BatchScorer, resolve_target, scene_source, selected_metrics
 from .store import ResultStore, concat_ragged
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class Evaluator:
                        for name in dict.fromkeys(m.model for m in self.methods)}
         adopt_normalisation(self.cfg, list(self.models.values()))
         dataset = build_dataset(self.cfg.dataset, self.split, train=False)
+        self.scenes = scene_source(dataset, self.metrics)
         for name, model in self.models.items():
             model.label_map = class_index_map(dataset.classes, model.classes, model.num_outputs,
                                               origin=f"{name} ({model.path})")
@@ -159,7 +160,7 @@ class Evaluator:
                                   tags={"dataset": cfg.dataset.name, "split": self.split},
                                   label_maps={n: m.label_map for n, m in models.items()},
                                   class_names={n: m.classes.names for n, m in models.items() if m.classes},
-                                  data_classes=dataset.classes)
+                                  data_classes=dataset.classes, scenes=self.scenes)
         self.artefacts = FigureArtefacts.seeded(indices, ev.saliency_samples, cfg.seed, cfg.dataset.mean,
                                                 cfg.dataset.std, ev.top_k)
 

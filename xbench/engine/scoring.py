@@ -18,6 +18,7 @@ from .. import build_explainer
 from ..datasets.base import split_padded
 from ..metrics import REGIONS, MetricInput, RandomisationCascade, boxes_to_mask
 from ..metrics.accuracy import accuracy_topk
+from ..metrics.causal import PartInterventions, SceneBatch, SceneSource
 from ..metrics.forward import chunk_size
 from ..metrics.perturbation import PROTOCOLS
 from ..metrics.saliency import prepare, with_nan_rows
@@ -27,16 +28,44 @@ from .methods import Method
 
 
 def selected_metrics(names: list[str], parameter_randomisation: bool = False) -> list[str]:
-    """The metric names to run: 'all' means every metric that is not opt-in (in registration order);
-    opt-in metrics named beside it are added."""
-    if "all" in names:
-        names = [e.name for e in METRICS.entries() if not e.meta.get("opt_in")] + [n for n in names if n != "all"]
-    names = list(dict.fromkeys(names))
+    """The metric names to run: 'all' means every metric that is not opt-in (in registration order); a
+    family's name (e.g. causal) means every metric of that family; opt-in metrics named beside them are
+    added."""
+    families = {}
+    for entry in METRICS.entries():
+        families.setdefault(entry.meta.get("family"), []).append(entry.name)
+    expanded = []
+    for name in names:
+        if name == "all":
+            expanded += [e.name for e in METRICS.entries() if not e.meta.get("opt_in")]
+        elif name in families and name not in METRICS:
+            expanded += families[name]
+        else:
+            expanded.append(name)
+    names = list(dict.fromkeys(expanded))
     for name in names:
         METRICS.get(name)
     if parameter_randomisation and "parameter_randomisation" not in names:
         names.append("parameter_randomisation")
     return names
+
+
+def needing(metrics: list[str], what: str) -> list[str]:
+    """The metrics of `metrics` whose registry entry says they need `what` (e.g. interventions)."""
+    return [m for m in metrics if METRICS.get(m).meta.get("needs") == what]
+
+
+def scene_source(dataset, metrics: list[str]) -> SceneSource | None:
+    """What re-renders `dataset`'s samples for the metrics that need interventions (None if none do); a
+    clear error when the data cannot be re-rendered."""
+    if not needing(metrics, "interventions"):
+        return None
+    scenes = getattr(dataset, "scenes", None)
+    if scenes is None:
+        raise ValueError(f"the metrics {', '.join(needing(metrics, 'interventions'))} re-render each image with "
+                         "parts removed, which only the synthetic benchmark can do: evaluate them on data of "
+                         "dataset.format synth, or leave them out of evaluate.metrics")
+    return SceneSource(dataset.intervened, scenes.table, scenes.attribute_parts)
 
 
 def resolve_target(protocol: str, target: str | None) -> str:
@@ -92,6 +121,7 @@ class _ModelRun:
     pred: torch.Tensor
     accuracy: dict
     chunk: int  # images per perturbation forward pass
+    interventions: PartInterventions | None  # synthetic data: its logits on the batch's re-rendered scenes
 
 
 class BatchScorer:
@@ -101,14 +131,18 @@ class BatchScorer:
     normalisation; `device` where the models are; `explainer_options` per explainer name or
     method label; `tags` go into every row (dataset, split). `label_maps` gives, per model, the
     output of each data class (default: the same index); `class_names` the models' output names
-    and `data_classes` the data's, for readable rows."""
+    and `data_classes` the data's, for readable rows; `scenes` re-renders synthetic samples for the
+    metrics that need interventions (`scene_source`)."""
 
     def __init__(self, models: dict[str, nn.Module], methods: list[Method], metrics: list[str], *, target: str,
                  protocol: str, mean, std, device: torch.device, memory_budget_mb: float = 1024,
                  explainer_options: dict[str, dict] | None = None, seed: int = 0, tags: dict[str, Any] | None = None,
                  label_maps: dict[str, list[int]] | None = None, class_names: dict[str, list[str]] | None = None,
-                 data_classes: list[str] | None = None):
+                 data_classes: list[str] | None = None, scenes: SceneSource | None = None):
         self.models, self.methods, self.metrics = models, methods, metrics
+        if needing(metrics, "interventions") and scenes is None:
+            scene_source(None, metrics)  # raises, naming the metrics
+        self.scenes = scenes
         self.label_maps = {n: torch.as_tensor(m, device=device) for n, m in (label_maps or {}).items()}
         self.class_names, self.data_classes = class_names or {}, data_classes
         self.target, self.protocol, self.mean, self.std = target, protocol, mean, std
@@ -149,6 +183,7 @@ class BatchScorer:
         shared = _Batch(images, batch["label"].to(device), scale, regions, boxes, index, figure)
         if artefacts is not None:
             artefacts.images(batch, index, figure)
+        scenes = SceneBatch(self.scenes, index, shared.labels, device) if self.scenes is not None else None
         for model_name in dict.fromkeys(m.model for m in self.methods):
             model = self.models[model_name]
             logits = model(images).float()
@@ -158,8 +193,11 @@ class BatchScorer:
             if self.target == "gt" and bool((labels < 0).any()):
                 raise ValueError("some samples have no label (-1): explain the predicted class (target pred)")
             targets = labels if self.target == "gt" else pred
+            chunk = chunk_size(model, images[0], self.memory_budget_mb)
+            interventions = None if scenes is None else PartInterventions(scenes, model, logits, chunk,
+                                                                          self.label_maps.get(model_name))
             run = _ModelRun(model, labels, targets, probs.gather(1, targets[:, None])[:, 0], pred,
-                            accuracy_topk(logits, labels), chunk_size(model, images[0], self.memory_budget_mb))
+                            accuracy_topk(logits, labels), chunk, interventions)
             if artefacts is not None:
                 artefacts.predictions(model_name, model, images, labels, probs, index, figure)
             for method in (m for m in self.methods if m.model == model_name):
@@ -185,7 +223,8 @@ class BatchScorer:
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
-                          randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer)
+                          randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer,
+                          interventions=run.interventions)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)

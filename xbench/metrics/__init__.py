@@ -13,6 +13,8 @@ the rest of the batch)::
     monotonicity(...), monotonicity_correlation(...), sensitivity(explain, images, saliency, targets),
     local_lipschitz(...)
     (opt-in in the engine: name them in evaluate.metrics)
+    xbench.metrics.causal: part interventions on synthetic data (FunnyBirds' protocols: single deletion,
+    preservation/deletion check, CSDC, target sensitivity, distractibility, background independence)
 
 A registered scorer takes a `MetricInput` (one batch of one method) and returns per-sample
 columns and curves. Its registry entry says, per column, whether higher is better and how a
@@ -21,14 +23,9 @@ table aggregates it (`mean`, `class_mean`, or a `curve` reduced by the leaderboa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
-from torch import nn
-
 from ..registry import METRICS, register_metric
 from .accuracy import accuracy_topk
+from .base import MetricInput, MetricOutput, column
 from .complexity import complexity, sparseness
 from .confidence import average_drop_gain
 from .localisation import (
@@ -63,49 +60,6 @@ __all__ = [
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
 REGIONS = {"box": "box", "mask": "mask", "parts": "disc_mask"}
-
-
-@dataclass
-class MetricInput:
-    """One batch of one method, ready to score; `maps` are prepared (B, H, W) in [0, 1]."""
-
-    model: nn.Module
-    images: torch.Tensor
-    maps: torch.Tensor
-    targets: torch.Tensor  # the class explained and scored, (B,)
-    labels: torch.Tensor
-    regions: dict[str, torch.Tensor]  # region name -> (B, H, W) bool
-    boxes: torch.Tensor | None
-    mean: tuple
-    std: tuple
-    protocol: str  # insertion/deletion protocol (PROTOCOLS): step and blur kernel
-    chunk: int
-    # the explainer's maps (B, h, w) after each step of the model's randomisation cascade (top block first)
-    randomised_maps: Callable[[], list[torch.Tensor]] | None = None
-    # Localisation is scored on maps of the true class, whatever class `targets` names (default: `maps`).
-    label_maps: torch.Tensor | None = None
-    scale: torch.Tensor | None = None  # (B, 2) transformed pixels per original pixel (sy, sx)
-    # the method's explainer: (images (N, 3, H, W), targets (N,)) -> raw maps (N, h, w), for robustness
-    explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-
-    @property
-    def localisation_maps(self) -> torch.Tensor:
-        return self.maps if self.label_maps is None else self.label_maps
-
-
-@dataclass
-class MetricOutput:
-    values: dict[str, torch.Tensor] = field(default_factory=dict)  # column -> (B,)
-    curves: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, ...)
-
-
-def column(direction: str, aggregate: str = "mean", *, percent: bool = True, curve: str | None = None,
-           reference_for: str | None = None) -> dict:
-    """How a result column is read: `direction` higher/lower is better; `aggregate` mean, class_mean
-    or curve (reduced from the stored curve `curve`); `percent` tables show it x100;
-    `reference_for` marks a baseline column shown as a reference row of that column."""
-    return {"direction": direction, "aggregate": aggregate, "percent": percent, "curve": curve,
-            "reference_for": reference_for}
 
 
 @register_metric("insertion_deletion", family="faithfulness",
@@ -269,6 +223,10 @@ def score_parameter_randomisation(inp: MetricInput) -> MetricOutput:
         return MetricOutput()
     steps = cascade_similarity(inp.maps, inp.randomised_maps())
     return MetricOutput({"randomisation_spearman": steps[:, -1]}, {"randomisation_cascade": steps})
+
+
+# Registered after the metrics above, so that tables list the causal family last.
+from . import causal_scores  # noqa: E402, F401
 
 
 def column_table(metrics: list[str] | None = None) -> dict[str, dict]:
