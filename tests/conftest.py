@@ -61,7 +61,7 @@ def data_overrides(root, settings: SynthSettings) -> list[str]:
         f"dataset.synth.classes={settings.classes}", f"dataset.synth.size={settings.size}",
         f"dataset.synth.train_per_class={settings.train_per_class}",
         f"dataset.synth.test_per_class={settings.test_per_class}", f"dataset.synth.seed={settings.seed}",
-        "dataset.cache_images=true", "train.log_tensorboard=false",
+        f"dataset.synth.preset={settings.preset}", "dataset.cache_images=true", "train.log_tensorboard=false",
     ]
 
 
