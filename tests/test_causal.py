@@ -53,7 +53,7 @@ from xbench.metrics.causal import (
 from xbench.metrics.saliency import prepare
 from xbench.report import leaderboard_of
 
-CAUSAL = ["single_deletion", "preservation_check", "deletion_check", "controlled_synthetic_data_check",
+CAUSAL = ["single_deletion", "single_deletion_size", "preservation_check", "deletion_check", "controlled_synthetic_data_check",
           "distractibility", "target_sensitivity", "background_independence", "neighbour_swap"]
 
 
@@ -278,6 +278,10 @@ def test_single_deletion_of_an_oracle_a_random_part_ranking_and_per_pixel_noise(
     by_noise, by_size = scored["importance"].argsort(1), sizes.argsort(1)
     assert (by_noise[:, 0] == by_size[:, 0]).float().mean() > 0.9
     assert float(scored["single_deletion"].nanmean()) < 0.3
+    # single_deletion_size: the SD of ranking the parts by their dilated area, which noise approaches
+    by_area = single_deletion(inter, torch.ones(masks.shape[0], 64, 64), batch["label"])["single_deletion"]
+    assert torch.allclose(scored["size"], by_area, equal_nan=True)
+    assert (scored["single_deletion"] - scored["size"]).abs().nanmean() < 0.05
 
 
 def test_deletion_and_preservation_checks_follow_the_important_parts(yellow_beaks):
@@ -390,7 +394,7 @@ def test_the_causal_family_is_refused_on_data_it_cannot_re_render(tiny_run_setup
     with pytest.raises(ValueError, match="only the synthetic benchmark can do"):
         scene_source(object(), ["insertion_deletion", "single_deletion"])
     assert scene_source(object(), ["insertion_deletion"]) is None
-    assert set(selected_metrics(["all", "causal"])) >= set(CAUSAL)
+    assert set(selected_metrics(["all", "causal"])) >= set(CAUSAL) - {"single_deletion_size"}  # a column of SD
     assert "single_deletion" not in selected_metrics(["all"])
     with pytest.raises(ValueError, match="synthetic"):
         xbench.evaluate_model(nn.Sequential(nn.Flatten(), nn.Linear(192, 3)), torch.rand(2, 3, 8, 8),

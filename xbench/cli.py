@@ -321,6 +321,22 @@ def report_cmd(run: Path = typer.Argument(..., help="Results directory of `xbenc
     typer.echo(f"TensorBoard: tensorboard --logdir {written['tensorboard']}")
 
 
+@app.command("meta")
+@_friendly_errors
+def meta_cmd(
+    run: Path = typer.Argument(..., help="Results directory of `xbench evaluate` with the causal metrics."),
+    resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
+) -> None:
+    """Which metric to trust: every metric's rank correlation with the causal single-deletion score (across
+    methods and across images, bootstrap intervals), and the causal family as FunnyBirds reports it."""
+    from .report.causal import causal_figures, causal_tables, meta_markdown, write_meta
+
+    tables = causal_tables(run, resamples)
+    written = write_meta(run, tables) + causal_figures(tables, Path(run) / "figures")
+    typer.echo(meta_markdown(tables["agreement"], tables["summary"]))
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
 @app.command("explain")
 @_friendly_errors
 def explain_cmd(

@@ -132,7 +132,8 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
                "val_acc1": {k: round(v, 4) for k, v in val_accuracies.items()},
                "test_acc1": {k: round(v, 4) for k, v in test_accuracies.items()},
                "below_bar": [k for k, v in test_accuracies.items() if v < ACCURACY_BAR],
-               "pointing_game_parts": pointing_game_on_parts(written["board"]),
+               "pointing_game_parts": metric_means(written["board"], "pointing_game_parts", 100),
+               "single_deletion": metric_means(written["board"], "single_deletion"),
                "report": str(written["report"]), "leaderboard": str(results / "leaderboard.md")}
     atomic_write_json(results / "quickstart.json", summary)
     summary["terminal_table"] = terminal_table(written["board"], files=", ".join(map(str, written["tables"])))
@@ -144,7 +145,7 @@ def test_accuracy(board) -> dict[str, float]:
     return {str(model): float(acc) for model, acc in board.accuracy.groupby("model", sort=False)["acc1"].first().items()}
 
 
-def pointing_game_on_parts(board) -> dict[str, float]:
-    """Pointing game against the discriminative parts per method (percent), for the summary."""
-    cells = board.cells[board.cells["metric"] == "pointing_game_parts"]
-    return {m: round(100 * v, 1) for m, v in zip(cells["method"], cells["mean"])}
+def metric_means(board, metric: str, scale: float = 1.0) -> dict[str, float]:
+    """A metric's mean per method (x `scale`), for the summary."""
+    cells = board.cells[board.cells["metric"] == metric]
+    return {m: round(scale * v, 3) for m, v in zip(cells["method"], cells["mean"])}

@@ -48,9 +48,10 @@ class MetricOutput:
 
 
 def column(direction: str, aggregate: str = "mean", *, percent: bool = True, curve: str | None = None,
-           reference_for: str | None = None) -> dict:
+           reference_for: str | None = None, model_property: bool = False) -> dict:
     """How a result column is read: `direction` higher/lower is better; `aggregate` mean, class_mean
     or curve (reduced from the stored curve `curve`); `percent` tables show it x100;
-    `reference_for` marks a baseline column shown as a reference row of that column."""
+    `reference_for` marks a baseline column shown as a reference row of that column; `model_property`
+    marks a score of the model that is the same for each of its explanations."""
     return {"direction": direction, "aggregate": aggregate, "percent": percent, "curve": curve,
-            "reference_for": reference_for}
+            "reference_for": reference_for, "model_property": model_property}

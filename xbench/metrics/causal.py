@@ -193,15 +193,19 @@ def _target_logits(after: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def single_deletion(inter: PartInterventions, maps: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """SD per image (B,), with the model's part importance (drop of the target's logit and probability
-    when each part alone is removed, (B, P)) and the map's (its share of the map's sum, (B, P))."""
+    when each part alone is removed, (B, P)), the map's (its share of the map's sum, (B, P)), and `size`
+    (B,): the SD of a map that gives each part its dilated area, which a uniform or per-pixel noise map
+    approaches: the score of ranking the parts by size."""
     after = _alone(inter, REMOVABLE_PARTS)
     logit_drop = inter.logits.gather(1, targets[:, None]) - _target_logits(after, targets)
     prob_drop = inter.logits.softmax(-1).gather(1, targets[:, None]) - _target_logits(after.softmax(-1), targets)
     importance = part_importance(maps, inter.scenes.part_masks)
     rho = spearman_rows(logit_drop, importance)
+    size = spearman_rows(logit_drop, part_importance(torch.ones_like(maps), inter.scenes.part_masks))
     total = map_total(maps)[:, None]
     share = importance / torch.where(total > 0, total, torch.ones_like(total))
-    return {"single_deletion": 0.5 * rho + 0.5, "logit_drop": logit_drop, "prob_drop": prob_drop, "importance": share}
+    return {"single_deletion": 0.5 * rho + 0.5, "logit_drop": logit_drop, "prob_drop": prob_drop, "importance": share,
+            "size": 0.5 * size + 0.5}
 
 
 def removal_checks(inter: PartInterventions, maps: torch.Tensor, predictions: torch.Tensor,

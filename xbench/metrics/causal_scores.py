@@ -57,16 +57,19 @@ def _by_threshold(name: str, curve: torch.Tensor) -> MetricOutput:
     return MetricOutput({name: curve.mean(1)}, {f"{name}_curve": curve})
 
 
-def _register(name: str, description: str):
+def _register(name: str, description: str, model_property: bool = False, **more_columns: dict):
     return register_metric(name, family=FAMILY, opt_in=True, needs=NEEDS, description=description,
-                           columns={name: column("higher", percent=False)})
+                           columns={name: column("higher", percent=False, model_property=model_property),
+                                    **more_columns})
 
 
 @_register("single_deletion", "Spearman (mapped to [0, 1]) between the drop of the explained logit when each part "
-           "alone is removed by re-rendering and the map's sum in the part (up; causal, opt-in)")
+           "alone is removed by re-rendering and the map's sum in the part (up; causal, opt-in); and the same for "
+           "a map ranking the parts by size (single_deletion_size, a model property)",
+           single_deletion_size=column("higher", percent=False, model_property=True))
 def score_single_deletion(inp: MetricInput) -> MetricOutput:
     r = single_deletion(interventions_of(inp), inp.maps, inp.targets)
-    return MetricOutput({"single_deletion": r["single_deletion"]},
+    return MetricOutput({"single_deletion": r["single_deletion"], "single_deletion_size": r["size"]},
                         {"part_logit_drop": r["logit_drop"], "part_prob_drop": r["prob_drop"],
                          "part_importance": r["importance"]})
 
@@ -113,14 +116,14 @@ def score_target_sensitivity(inp: MetricInput) -> MetricOutput:
 
 
 @_register("background_independence", "1 - share of distractors whose removal lowers the explained logit by 5% or "
-           "more (up; a model property; causal, opt-in)")
+           "more (up; a model property; causal, opt-in)", model_property=True)
 def score_background_independence(inp: MetricInput) -> MetricOutput:
     return MetricOutput({"background_independence":
                          background_independence(interventions_of(inp), inp.targets)["background_independence"]})
 
 
 @_register("neighbour_swap", "share of the one-part neighbour classes the model predicts when that part is swapped to "
-           "the neighbour's variant (up; a model property; causal, opt-in)")
+           "the neighbour's variant (up; a model property; causal, opt-in)", model_property=True)
 def score_neighbour_swap(inp: MetricInput) -> MetricOutput:
     inter = interventions_of(inp)
     return MetricOutput({"neighbour_swap": neighbour_swap(inter, inter.scenes.labels)})

@@ -39,17 +39,21 @@ def leaderboard_of(run_dirs: list[str | Path], seed: int = 0) -> Leaderboard:
 
 
 def full_report(run_dir: str | Path, formats=("md", "csv", "tex", "html"), tensorboard: bool = True) -> dict:
-    """Leaderboard files, every figure, report.html and (`tensorboard`) <run>/tensorboard/ for one run;
-    returns what was written."""
+    """Leaderboard files, every figure, report.html and (`tensorboard`) <run>/tensorboard/ for one run, and
+    for a run with causal scores meta.md/csv and funnybirds.csv; returns what was written."""
+    from .causal import causal_tables, has_causal, write_meta
     from .figures import all_figures
     from .html import write_report
 
     run_dir = Path(run_dir)
     board = leaderboard_of([run_dir])
     tables = write_leaderboard(board, run_dir, formats)
-    figures = all_figures(run_dir, board)
-    page = write_report(run_dir, board, figures)
-    written = {"board": board, "tables": tables, "figures": figures, "report": page}
+    causal = causal_tables(run_dir) if has_causal(load_results(run_dir)[0]) else None
+    if causal is not None:
+        tables += write_meta(run_dir, causal)
+    figures = all_figures(run_dir, board, causal=causal)
+    page = write_report(run_dir, board, figures, causal=causal)
+    written = {"board": board, "tables": tables, "figures": figures, "report": page, "causal": causal}
     if tensorboard:
         from .tensorboard import write_tensorboard
 

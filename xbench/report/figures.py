@@ -473,10 +473,13 @@ def roar_figure(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save_figure(draw_roar(table), Path(out_dir), "roar")
 
 
-def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: str | Path | None = None) -> list[Path]:
-    """Every figure of a run into `out_dir` (default <run>/figures)."""
+def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: str | Path | None = None,
+                causal: dict | None = None) -> list[Path]:
+    """Every figure of a run into `out_dir` (default <run>/figures); a run with causal scores adds the
+    agreement and part-importance figures (from `causal`, the run's `causal_tables`, when given)."""
     from ..engine.store import load_models
     from . import leaderboard_of, load_results
+    from .causal import causal_figures, causal_tables, has_causal
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "figures"
@@ -492,4 +495,6 @@ def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: 
         for model in dict.fromkeys(k.split("|")[1] for k in maps if k.startswith("heads|")):
             names = (load_models(run_dir).get(model) or {}).get("class_names") or summary.get("classes")
             paths += intr_heads_figure(maps, out, model, class_names=names)
+    if has_causal(rows):
+        paths += causal_figures(causal or causal_tables(run_dir), out)
     return paths

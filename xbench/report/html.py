@@ -86,7 +86,12 @@ CAPTIONS = {
                    "ground-truth boxes in white.",
     "intr_heads": "INTR: cross-attention of each head for the true class and the top predicted classes.",
     "icn_heads": "ICN: cross-attention of each head for the true class and the top predicted classes.",
+    "part_importance": "Per method: each part's share of the model's logit drop when that part alone is removed by "
+                       "re-rendering (grey), next to its share of the map's mass on the parts' dilated masks (colour).",
+    "meta_agreement": "Spearman's rho of each metric with single deletion (in-distribution part removal), across "
+                      "methods and across images, with 95% bootstrap intervals; lower-is-better metrics sign-flipped.",
 }
+CAUSAL_FIGURES = ("part_importance", "meta_agreement")
 
 
 def web_png(path: Path) -> bytes:
@@ -240,7 +245,33 @@ def run_section(run_dir: Path, summary: dict, provenance: dict) -> str:
     return _facts(facts)
 
 
-def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], out: str | Path | None = None) -> Path:
+def _plain_table(table: pd.DataFrame, floats: str = "{:.3f}") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(floats.format(v) if isinstance(v, float) else str(v))}</td>"
+                                    for v in row) + "</tr>" for row in table.itertuples(index=False))
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def causal_section(causal: dict, figures: list[Path]) -> str:
+    """FunnyBirds' summary per method, which metrics agree with single deletion, and the causal figures."""
+    from .causal import agreement_display
+
+    shown = agreement_display(causal["agreement"]).drop(columns=["methods", "image pairs"])
+    return "".join([
+        "<h2 id='causal'>Causal ground truth</h2>",
+        "<p class='note'>Each image re-rendered with parts removed (in distribution): FunnyBirds' protocols. CSDC, PC, "
+        "DC and D at the threshold that maximises (CSDC + PC + DC) / 3 + D; completeness ((CSDC + PC + DC) / 3 + D) / 2, "
+        "correctness SD, contrastivity TS, as the FunnyBirds paper reports them.</p>",
+        _plain_table(causal["summary"]),
+        "<p class='note'>Which metric agrees with what the model uses: Spearman's rho with single deletion, "
+        "lower-is-better metrics sign-flipped, 95% bootstrap intervals (meta.md).</p>",
+        _plain_table(shown),
+        *(_figure(p) for p in figures if p.suffix == ".png" and p.stem in CAUSAL_FIGURES),
+    ])
+
+
+def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], out: str | Path | None = None,
+                 causal: dict | None = None) -> Path:
     from ..engine.store import load_models
 
     run_dir = Path(run_dir)
@@ -264,16 +295,17 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>xbench report: {title}</title><style>{STYLE}</style></head><body><main>",
         f"<h1>xbench report: {title}</h1><p class='meta'>{meta}</p>",
-        "<nav><a href='#leaderboard'>Leaderboard</a><a href='#figures'>Figures</a><a href='#models'>Models</a>"
-        "<a href='#run'>Run</a></nav>",
+        "<nav><a href='#leaderboard'>Leaderboard</a>" + ("<a href='#causal'>Causal</a>" if causal else "")
+        + "<a href='#figures'>Figures</a><a href='#models'>Models</a><a href='#run'>Run</a></nav>",
         "<h2 id='leaderboard'>Leaderboard</h2>",
         f"<p class='note'>One headline metric per family ({html.escape(chosen)}); every metric below. "
         f"{html.escape(TABLE_NOTE)} Values in [0, 1] are percentages. Click a column to sort.</p>",
         f"<div class='scroll'>{leaderboard_table(board, headline, ranks=False)}</div>",
         f"<details><summary>Every metric ({len(board.metrics())} columns, with the mean rank per family)</summary>"
         f"<div class='scroll'>{leaderboard_table(board)}</div></details>",
+        causal_section(causal, figures) if causal else "",
         "<h2 id='figures'>Figures</h2>",
-        *(_figure(p) for p in figures if p.suffix == ".png"),
+        *(_figure(p) for p in figures if p.suffix == ".png" and p.stem not in CAUSAL_FIGURES),
         "<h2 id='models'>Models</h2>", models_section(load_models(run_dir), board),
         "<h2 id='run'>Run</h2>", run_section(run_dir, summary, provenance),
     ]

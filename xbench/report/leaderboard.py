@@ -124,7 +124,7 @@ def _holm(pvalues: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
-def _per_method(rows: pd.DataFrame, mine: pd.DataFrame, curves: dict[str, np.ndarray], column: str, info: dict):
+def method_values(rows: pd.DataFrame, mine: pd.DataFrame, curves: dict[str, np.ndarray], column: str, info: dict):
     """(values, labels, sample indices) of one method's rows `mine` for `column`, finite rows only."""
     if info["curve"]:
         key = info["curve"]
@@ -157,7 +157,7 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns
     for column in metric_columns(rows, curves, columns):
         info = columns[column]
         direction, kind = info["direction"], info["aggregate"]
-        data = {m: _per_method(rows, mine, curves, column, info) for m, mine in by_method.items()}
+        data = {m: method_values(rows, mine, curves, column, info) for m, mine in by_method.items()}
         stats, counts = {}, ()
         for method, (values, labels, _) in data.items():
             if len(values) == 0:
