@@ -1,8 +1,8 @@
-"""Process-group plumbing: the same code runs single-process or under `torchrun`.
+"""Devices and process-group plumbing: the same code runs single-process or under `torchrun`.
 
-Under torchrun (WORLD_SIZE > 1) the group is initialised with nccl on CUDA and gloo on CPU;
-rank r uses cuda:LOCAL_RANK. Validation shards samples with `ShardSampler`, which never pads,
-so every sample is counted exactly once.
+`resolve_device` is the one rule every command uses for `--device`. Under torchrun (WORLD_SIZE > 1)
+the group is initialised with nccl on CUDA and gloo on CPU; rank r uses cuda:LOCAL_RANK. Validation
+shards samples with `ShardSampler`, which never pads, so every sample is counted exactly once.
 """
 
 from __future__ import annotations
@@ -30,16 +30,43 @@ class Context:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> Context:
-    """Join the torchrun process group if there is one; pick the device (CUDA when present)."""
+def resolve_device(device: str | torch.device | None = None, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device a command runs on: `device` is cpu, cuda or cuda:N; None means CUDA when torch sees a GPU.
+    Without an index, CUDA is cuda:`local_rank` (each torchrun rank its own GPU); an index is honoured in a
+    single process and refused under torchrun, where ranks pick their GPUs. Asking for a GPU torch does
+    not see is an error that says what it sees."""
+    if device is None:
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        asked = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if asked.type == "cpu":
+        return asked
+    if asked.type != "cuda":
+        raise ValueError(f"--device {device!r}: xbench runs on cpu or cuda (cuda:N)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}, but torch sees no CUDA GPU on this machine (use --device cpu)")
+    if asked.index is None:
+        return torch.device(f"cuda:{local_rank}")
+    if world_size > 1:
+        raise ValueError(f"--device {device!r} under torchrun: each rank uses cuda:LOCAL_RANK; pass --device cuda "
+                         "and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    if asked.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}, but torch sees {torch.cuda.device_count()} GPU(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return asked
+
+
+def init_distributed(device: str | torch.device | None = None) -> Context:
+    """Join the torchrun process group if there is one; the device is `resolve_device(device)`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
+    dev = resolve_device(device, local, world)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Context(rank, world, local, dev)
 
 
@@ -62,15 +89,6 @@ def all_sum(ctx: Context, values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def broadcast_object(ctx: Context, obj):
-    """rank 0's `obj` on every rank."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -15,6 +15,7 @@ from .. import build_explainer
 from ..config import Config, config_from_dict
 from ..datasets import build_transform, load_rgb
 from ..datasets.transforms import as_tv_sample, denormalise
+from ..distributed import resolve_device
 from ..methods.classes import model_classes
 from ..methods.loading import load_model
 from ..metrics.saliency import prepare
@@ -48,7 +49,7 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
     model_options = dict(given.model.options) if given.model.name == spec.model else {}
     model, info = load_model(checkpoint, expect=spec.model, options=model_options,
                              pinned={k for k in model_options if given.is_explicit(f"model.{k}")})
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     model = model.to(device).eval()
     cfg = config_from_dict(info["config"]) if info.get("config") else given
     if not info.get("config") and not given.is_explicit("dataset.image_size"):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.base import collate
+from ..distributed import resolve_device
 from ..methods.classes import model_classes
 from ..metrics import column_table
 from .evaluate import stack_curves
@@ -57,7 +58,7 @@ def evaluate_model(model: nn.Module, data, labels=None, *, methods: Sequence[str
     space. Without labels the predicted class is explained and accuracy is not scored. The model is
     moved to `device` (default: CUDA when present), in eval mode with channels_last weights.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     model = ready_for_scoring(model, device)
     unlabelled = labels is None and isinstance(data, torch.Tensor)
     target = resolve_target(protocol, target or ("pred" if unlabelled else None))

@@ -83,9 +83,6 @@ class EvaluatedModel:
     def num_outputs(self) -> int:
         return int(self.info["num_classes"])
 
-    def class_name(self, output: int) -> str:
-        return self.classes.names[output] if self.classes else str(output)
-
     def describe(self) -> dict:
         """What ran, for the store's models.json (architecture, weights, training, classes)."""
         config = self.info.get("config") or {}

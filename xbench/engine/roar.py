@@ -32,6 +32,7 @@ from ..config import Config
 from ..datasets import TrainingData, build_dataset, holdout, make_loader
 from ..datasets.base import Skipped
 from ..datasets.transforms import pixel_colour
+from ..distributed import resolve_device
 from ..files import atomic_write, atomic_write_text
 from ..methods.classes import class_index_map
 from ..metrics.saliency import descending_order, positions, prepare
@@ -142,7 +143,7 @@ def roar(cfg: Config, methods: list[str], fractions: list[float], modes: tuple[s
             raise ValueError(f"unknown ROAR mode {mode!r}; known: {', '.join(MODES)}")
     labels = [m.label for m in parse_methods(methods)]
     out = Path(out or Path("results") / f"{cfg.dataset.name}_roar")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     explained = [load_evaluated_model(cfg, name, device) for name in dict.fromkeys(m.split("@")[1] for m in labels)]
     adopt_normalisation(cfg, explained)
     train_base = build_dataset(cfg.dataset, cfg.dataset.train_split, train=False)
