@@ -148,6 +148,24 @@ def test_official_ca_stream_resnet_loads_and_computes_the_official_function(tmp_
         xbench.build_model("ca_stream", num_classes=7, backbone="resnet18", backbone_weights=str(tmp_path / "resnet.pth"))
 
 
+def test_the_official_trainers_resume_checkpoint_loads_like_its_best_model(tmp_path):
+    """main_INets.py saves checkpoint.pth as {mode, model_sdict (of the DDP net), optim_sdict, epoch, batch,
+    loss}; best_model.pth holds the state dict alone."""
+    state = _official_resnet18_stream(5, seed=2)
+    stream = torch.nn.Parameter(state["cls_token"].clone())
+    optimizer = torch.optim.SGD([stream], lr=0.1, momentum=0.9)
+    stream.grad = torch.ones_like(stream)
+    optimizer.step()
+    torch.save({"mode": "epoch", "model_sdict": {f"module.{k}": v for k, v in state.items()},
+                "optim_sdict": optimizer.state_dict(), "epoch": 12, "batch": 0, "loss": 0.731},
+               tmp_path / "checkpoint.pth")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "best_model.pth")
+    resumed, info = xbench.load_model(tmp_path / "checkpoint.pth", expect="ca_stream")
+    best, _ = xbench.load_model(tmp_path / "best_model.pth", expect="ca_stream")
+    assert info["format"] == "official CA-Stream checkpoint" and info["num_classes"] == 5
+    assert all(torch.equal(v, best.state_dict()[k]) for k, v in resumed.state_dict().items())
+
+
 def test_official_ca_stream_convnext_loads_with_its_layer_scales(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.convnext_tiny(weights=None, num_classes=5).eval()

@@ -103,8 +103,9 @@ def _pickled_module(detail: str) -> str | None:
 
 
 def state_dict_of(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights inside a checkpoint of any common layout, without a 'module.' prefix."""
-    for key in ("model", "state_dict", "model_state", "model_state_dict"):
+    """The model weights inside a checkpoint of any common layout, without a 'module.' prefix. `model_sdict`
+    is the official CA-Stream trainer's `checkpoint.pth` (beside optim_sdict, mode, epoch, batch, loss)."""
+    for key in ("model", "state_dict", "model_state", "model_state_dict", "model_sdict"):
         if isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
             break
