@@ -23,6 +23,8 @@ from xbench.engine.store import load_results
 from xbench.methods.explainer import Explainer
 from xbench.registry import EXPLAINERS, register_explainer
 from xbench.report import build_leaderboard
+from xbench.report.html import leaderboard_table
+from xbench.report.leaderboard import TABLE_NOTE, headline_table, wide_table
 from xbench.seeds import content_seed
 from xbench.train.trainer import train
 
@@ -176,3 +178,13 @@ def test_degenerate_maps_never_crash_and_nonfinite_rows_are_flagged_not_averaged
     cell = board.cells[board.cells["metric"] == "insertion"].iloc[0]
     assert cell["n_nonfinite"] == bad.sum() and cell["n"] == (~bad).sum()
     assert cell["mean"] == pytest.approx(rows.loc[~bad, "insertion"].mean())
+    # a method that failed on some images must not look better for it: the tables say how many it scored
+    scored = f"{(~bad).sum()} of {len(rows)}"
+    full = wide_table(board, "plain")
+    assert full.loc[0, "method"] == "faulty_test_maps@cnn †" and full.loc[0, "scored"] == scored
+    assert headline_table(board, "plain").loc[0, "method"] == "faulty_test_maps@cnn †"
+    assert f">{scored}</td>" in leaderboard_table(board)
+    assert "faulty_test_maps@cnn †" in leaderboard_table(board, ["insertion"], ranks=False)
+    assert "†" in TABLE_NOTE
+    clean = build_leaderboard(rows.drop(columns="kind").assign(nonfinite=False), curves)
+    assert wide_table(clean, "plain").loc[0, "method"] == "faulty_test_maps@cnn"  # no mark when all were scored

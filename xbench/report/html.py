@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .leaderboard import ARROW, TABLE_NOTE, Leaderboard, cell_text, headline_metrics
+from .leaderboard import ARROW, PARTIAL, TABLE_NOTE, Leaderboard, cell_text, headline_metrics, partial
 
 WEB_WIDTH = 1200  # px: the width of the page's column (wider images are only scaled down by the browser)
 
@@ -118,6 +118,7 @@ def _figure(path: Path) -> str:
 def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, ranks: bool = True) -> str:
     """The leaderboard as a sortable HTML table: acc@1, acc@5, `metrics` (default: all) as
     'mean [lo, hi]' (bold: best or not significantly worse), and the mean rank per family."""
+    full = metrics is None and "scored" in board.accuracy.columns  # the full table says how many each scored
     metrics = metrics or board.metrics()
     several = board.cells["dataset"].nunique() > 1
     cells = board.cells.set_index(["dataset", "method", "metric"])
@@ -125,16 +126,22 @@ def leaderboard_table(board: Leaderboard, metrics: list[str] | None = None, rank
     families = board.cells.drop_duplicates("metric").set_index("metric")["family"]
     family_names = list(dict.fromkeys(families[metrics])) if ranks else []
     directions = board.cells.drop_duplicates("metric").set_index("metric")["direction"]
-    head = (["dataset"] if several else []) + ["method", "acc@1"] + [f"{m} {ARROW[directions[m]]}" for m in metrics] \
-        + [f"rank: {f}" for f in family_names]
+    head = (["dataset"] if several else []) + ["method", "acc@1"] + (["scored"] if full else []) \
+        + [f"{m} {ARROW[directions[m]]}" for m in metrics] + [f"rank: {f}" for f in family_names]
     lines = ["<thead><tr>" + "".join(f'<th class="sortable">{html.escape(h)}</th>' for h in head) + "</tr></thead>",
              "<tbody>"]
     for (dataset, method), mine in board.cells.groupby(["dataset", "method"], sort=False):
         reference = bool(mine["reference"].all())
         row = [f"<td>{html.escape(str(dataset))}</td>"] if several else []
-        row.append(f"<td>{html.escape(method)}</td>")
+        mine_accuracy = accuracy.loc[dataset] if dataset in accuracy.index.get_level_values(0) else accuracy.iloc[:0]
+        marked = method + (PARTIAL if partial(mine_accuracy, method) else "")
+        row.append(f"<td>{html.escape(marked)}</td>")
         acc = accuracy["acc1"].get((dataset, method), float("nan"))
         row.append(f'<td data-value="{"" if pd.isna(acc) else acc}">{"" if pd.isna(acc) else f"{100 * acc:.1f}"}</td>')
+        if full:
+            scored, images = (accuracy[k].get((dataset, method), float("nan")) for k in ("scored", "images"))
+            shown = "" if pd.isna(scored) else f"{int(scored)} of {int(images)}"
+            row.append(f'<td data-value="{"" if pd.isna(scored) else scored}">{shown}</td>')
         for metric in metrics:
             key = (dataset, method, metric)
             if key not in cells.index:

@@ -30,14 +30,18 @@ ARROW = {"higher": "↑", "lower": "↓"}
 TABLE_NOTE = ("Mean [95% bootstrap interval] per method. Bold: the best method, and every method not "
               "significantly worse than it: one-sided Wilcoxon signed-rank test on paired samples (zero "
               "differences dropped), Holm-corrected over the methods of a column, alpha 0.05; MaxBoxAcc is "
-              "not tested. Rank columns: the mean rank (1 = best) over a metric family's columns.")
+              "not tested. Rank columns: the mean rank (1 = best) over a metric family's columns. Scored: the "
+              "images whose map was finite; a method marked † failed (NaN/inf map) on the others, and its "
+              "means are over the images it scored.")
+PARTIAL = " †"  # marks a method that scored fewer images than the run holds
 CENTRE = "centre point (reference)"  # the pointing-game baseline row
 
 
 @dataclass
 class Leaderboard:
     """`cells`: one row per (dataset, method, metric) with mean, lo, hi, p_holm, bold, ...;
-    `accuracy`: one row per (dataset, method) with acc1, acc5 (fractions)."""
+    `accuracy`: one row per (dataset, method) with acc1, acc5 (fractions), images (its rows) and scored
+    (the images whose map was finite: the means are over these)."""
 
     cells: pd.DataFrame
     accuracy: pd.DataFrame
@@ -187,8 +191,12 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns
                           "best": method == best, "bold": bold, "rank": float(ranks[method]),
                           "reference": False})
     cells += _references(rows, columns, dataset, draws)
-    accuracy = (rows.groupby(["model", "method"], sort=False)[["acc1", "acc5"]].mean().reset_index()
-                if len(rows) else pd.DataFrame(columns=["model", "method", "acc1", "acc5"]))
+    if len(rows):
+        grouped = rows.assign(scored=~rows["nonfinite"].astype(bool)).groupby(["model", "method"], sort=False)
+        accuracy = grouped[["acc1", "acc5"]].mean().join(grouped.agg(images=("scored", "size"), scored=("scored", "sum")))
+        accuracy = accuracy.reset_index()
+    else:
+        accuracy = pd.DataFrame(columns=["model", "method", "acc1", "acc5", "images", "scored"])
     accuracy.insert(0, "dataset", dataset)
     return Leaderboard(pd.DataFrame(cells), accuracy)
 
@@ -283,11 +291,13 @@ def wide_table(board: Leaderboard, markup: str = "md", metrics: list[str] | None
         cells = board.cells[board.cells["dataset"] == dataset]
         acc = board.accuracy[board.accuracy["dataset"] == dataset].set_index("method")
         for method in dict.fromkeys(cells["method"]):
-            row = {"dataset": dataset, "method": method}
+            row = {"dataset": dataset, "method": method + (PARTIAL if partial(acc, method) else "")}
             if method in acc.index:  # unlabelled samples have no accuracy (NaN): left blank
                 for key, column in (("acc1", "acc@1"), ("acc5", "acc@5")):
                     value = acc.loc[method, key]
                     row[column] = "" if pd.isna(value) else f"{100 * value:.1f}"
+                if metrics is None and "scored" in acc.columns:
+                    row["scored"] = f"{int(acc.loc[method, 'scored'])} of {int(acc.loc[method, 'images'])}"
             mine = cells[cells["method"] == method]
             shown = mine if metrics is None else mine[mine["metric"].isin(metrics)]
             for _, c in shown.iterrows():
@@ -306,6 +316,13 @@ def wide_table(board: Leaderboard, markup: str = "md", metrics: list[str] | None
     if table["dataset"].nunique() == 1:
         table = table.drop(columns="dataset")
     return table.fillna("")
+
+
+def partial(accuracy: pd.DataFrame, method: str) -> bool:
+    """Whether `method` (a row of a board's accuracy frame, indexed by method) scored fewer images than it has."""
+    if method not in accuracy.index or "scored" not in accuracy.columns:
+        return False
+    return int(accuracy.loc[method, "scored"]) < int(accuracy.loc[method, "images"])
 
 
 def headline_table(board: Leaderboard, markup: str = "md", intervals: bool = True) -> pd.DataFrame:
