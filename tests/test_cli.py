@@ -59,8 +59,14 @@ def test_list_shows_datasets():
         assert name in result.output
 
 
-def test_list_shows_metrics():
+def test_list_shows_metrics_with_their_family():
     result = runner.invoke(app, ["list", "metrics"])
     for name in ("insertion_deletion", "average_drop_gain", "pointing_game", "max_box_accuracy",
                  "parameter_randomisation"):
         assert name in result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert lines["insertion_deletion"].endswith("[faithfulness]")
+    assert lines["single_deletion"].endswith("[causal, opt-in]")
+    assert lines["parameter_randomisation"].endswith("[sanity, opt-in]")
+    families = [line.rsplit("[", 1)[1].split("]")[0].split(",")[0] for line in lines.values()]
+    assert families == sorted(families)  # grouped by family: what evaluate.metrics=all,<family> selects

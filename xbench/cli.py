@@ -91,10 +91,13 @@ def list_cmd(kind: str = typer.Argument("all", help="models, explainers, metrics
         if kind not in ("all", name):
             continue
         typer.secho(name, bold=True)
-        entries = sorted(registry.entries(), key=lambda e: e.name)
+        # Metrics by family (what evaluate.metrics=all,<family> selects), the rest by name.
+        entries = sorted(registry.entries(), key=lambda e: (str(e.meta.get("family", "")), e.name))
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             extra = f"  [models: {entry.meta['models']}]" if "models" in entry.meta else ""
+            if "family" in entry.meta:
+                extra = f"  [{entry.meta['family']}{', opt-in' if entry.meta.get('opt_in') else ''}]"
             typer.echo(f"  {entry.name:<{width}}  {entry.description}{extra}")
         if not entries:
             typer.echo("  (none)")
