@@ -11,6 +11,14 @@ here) and return per-sample values; dataset-level numbers are aggregates of thos
 - `energy_pointing_game` / `mass_accuracy`: share of saliency inside the region (Score-CAM 2020;
   Arras et al. 2022) — the same quantity, named by the region it is usually scored against.
 - `rank_accuracy`: share of the top-K pixels (K = region area) inside the region.
+- `attribution_localisation`: Kohlbrenner et al. (2020)'s size-weighted inside-total ratio
+  mu_w = (R_in / R_tot) x (S_tot / S_in): the share of the map inside the region divided by the share of
+  the image the region covers, so a uniform map scores 1 whatever the region's size.
+- `top_k_intersection`: share of the k most salient pixels (k = 1000, at most the image) inside the
+  region (Theiner et al. 2021).
+- `localisation_auc`: the area under the ROC curve of the map's values as a score for "inside the
+  region" (Fawcett 2006), ties counted half: 0.5 for a map unrelated to the region, 1 for one whose every
+  inside pixel outranks every outside pixel; NaN where the region is empty or the whole image.
 - `max_box_accuracy`: Choe et al. CVPR 2020 as their official code (clovaai/wsolevaluation,
   `BoxEvaluator`) computes it: the map becomes uint8(255 s); at each threshold tau in
   arange(0, 1, 0.01) the pixels strictly above int(tau * its maximum) are kept; OpenCV's contours
@@ -134,6 +142,44 @@ def rank_accuracy(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     within = torch.arange(h * w, device=region.device)[None, :] < k[:, None]
     share = (hits & within).sum(1).float() / k.clamp_min(1).float()
     return with_nan_rows(_unscored_if_empty(share, region), prepared.nonfinite)
+
+
+def attribution_localisation(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B,) (share of the map inside the region) / (share of the image the region covers); NaN if empty."""
+    region = _region(region)
+    covered = region.flatten(1).float().mean(1)
+    return mass_accuracy(saliency, region) / torch.where(covered > 0, covered, torch.ones_like(covered))
+
+
+def top_k_intersection(saliency: torch.Tensor, region: torch.Tensor, k: int = 1000) -> torch.Tensor:
+    """(B,) share of the min(k, H*W) most salient pixels (ties by index) inside the region; NaN if empty."""
+    region = _region(region)
+    b, h, w = region.shape
+    prepared = scoring_maps(saliency, (h, w))
+    top = descending_order(prepared.maps)[:, :min(k, h * w)]
+    share = torch.gather(region.flatten(1), 1, top).float().mean(1)
+    return with_nan_rows(_unscored_if_empty(share, region), prepared.nonfinite)
+
+
+def localisation_auc(saliency: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B,) ROC AUC of the map's values for the region's pixels against the others (Mann-Whitney U / (P N),
+    ties sharing their average rank); NaN where the region is empty or covers the image."""
+    region = _region(region)
+    b, h, w = region.shape
+    prepared = scoring_maps(saliency, (h, w))
+    values, inside = prepared.maps.flatten(1).double(), region.flatten(1)
+    sorted_values = values.sort(1).values
+    # a value's average rank among ties: the mean of the first and the last rank it takes
+    first = torch.searchsorted(sorted_values.contiguous(), values.contiguous(), right=False) + 1
+    last = torch.searchsorted(sorted_values.contiguous(), values.contiguous(), right=True)
+    ranks = (first + last).double() / 2
+    positives = inside.sum(1).double()
+    negatives = h * w - positives
+    u = (ranks * inside).sum(1) - positives * (positives + 1) / 2
+    auc = u / (positives * negatives).clamp_min(1)
+    scored = (positives > 0) & (negatives > 0)
+    auc = torch.where(scored, auc, torch.full_like(auc, float("nan"))).float()
+    return with_nan_rows(auc, prepared.nonfinite)
 
 
 def _inclusive_iou(boxes: np.ndarray, gts: np.ndarray) -> np.ndarray:
