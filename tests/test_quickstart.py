@@ -52,10 +52,13 @@ def test_reduced_quickstart_end_to_end(tmp_path, caplog):
         assert (tmp_path / "runs" / "quickstart" / model / "best.pt").is_file()
     cells = pd.read_csv(results / "leaderboard.csv")
     assert set(cells["method"]) == set(METHODS) | {CENTRE}
-    expected_metrics = {"insertion", "deletion", "drop", "increase", "gain", "pointing_game_box",
+    expected_metrics = {f"{name}_{region}" for name in ("attribution_localisation", "top_k_intersection", "auc")
+                        for region in ("box", "mask", "parts")}
+    expected_metrics |= {"insertion", "deletion", "drop", "increase", "gain", "pointing_game_box",
                         "pointing_game_mask", "pointing_game_parts", "energy_pointing_game_box", "mass_accuracy_mask",
                         "mass_accuracy_parts", "rank_accuracy_mask", "rank_accuracy_parts", "max_box_acc",
-                        "max_box_acc_v2", "sparseness", "complexity", "single_deletion", "single_deletion_size",
+                        "max_box_acc_v2", "sparseness", "complexity", "effective_complexity", "single_deletion",
+                        "single_deletion_size",
                         "preservation_check",
                         "deletion_check", "controlled_synthetic_data_check", "distractibility", "target_sensitivity",
                         "background_independence", "neighbour_swap"}

@@ -26,18 +26,22 @@ from __future__ import annotations
 from ..registry import METRICS, register_metric
 from .accuracy import accuracy_topk
 from .base import MetricInput, MetricOutput, column
-from .complexity import complexity, sparseness
+from .complexity import complexity, effective_complexity, sparseness
 from .confidence import average_drop_gain
+from .groups import faithfulness_estimate, irof, selectivity, sensitivity_n
 from .localisation import (
+    attribution_localisation,
     boxes_to_mask,
     centre_pointing_game,
     class_mean,
     energy_pointing_game,
+    localisation_auc,
     mass_accuracy,
     max_box_accuracy,
     pointing_game,
     rank_accuracy,
     summarise_box_hits,
+    top_k_intersection,
 )
 from .perturbation import PROTOCOLS, insertion_deletion, protocol_step
 from .removal import (
@@ -56,6 +60,8 @@ __all__ = [
     "sparseness", "complexity", "parameter_randomisation", "RandomisationCascade", "class_mean", "MetricInput",
     "MetricOutput", "column", "column_table", "PROTOCOLS", "protocol_step", "REGIONS", "road", "region_perturbation",
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
+    "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
+    "faithfulness_estimate", "selectivity", "sensitivity_n", "irof",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -128,6 +134,41 @@ def score_monotonicity_correlation(inp: MetricInput) -> MetricOutput:
     return MetricOutput({"monotonicity_correlation": value})
 
 
+@register_metric("faithfulness_estimate", family="faithfulness", opt_in=True,
+                 description="Pearson of the saliency of 64 pixel groups with the probability drop when each alone is "
+                 "removed (up; opt-in)",
+                 columns={"faithfulness_estimate": column("higher", percent=False)})
+def score_faithfulness_estimate(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({"faithfulness_estimate": faithfulness_estimate(
+        inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)})
+
+
+@register_metric("selectivity", family="faithfulness", opt_in=True,
+                 description="area under the probability as every 8x8 patch is removed, most salient first (down; "
+                 "opt-in)",
+                 columns={"selectivity": column("lower")})
+def score_selectivity(inp: MetricInput) -> MetricOutput:
+    r = selectivity(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)
+    return MetricOutput({"selectivity": r["auc"]}, {"selectivity_curve": r["curve"]})
+
+
+@register_metric("sensitivity_n", family="faithfulness", opt_in=True,
+                 description="Pearson of the saliency of random n-pixel subsets with the drop when removed, mean over 7 "
+                 "sizes x 16 subsets (up; opt-in)",
+                 columns={"sensitivity_n": column("higher", percent=False)})
+def score_sensitivity_n(inp: MetricInput) -> MetricOutput:
+    r = sensitivity_n(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)
+    return MetricOutput({"sensitivity_n": r["score"]}, {"sensitivity_n_curve": r["curve"]})
+
+
+@register_metric("irof", family="faithfulness", opt_in=True,
+                 description="area over f(x_k)/f(x) as SLIC superpixels are removed, most salient first (up; opt-in)",
+                 columns={"irof": column("higher", percent=False)})
+def score_irof(inp: MetricInput) -> MetricOutput:
+    r = irof(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)
+    return MetricOutput({"irof": r["score"]}, {"irof_curve": r["curve"]})
+
+
 @register_metric("sensitivity", family="robustness", opt_in=True,
                  description="Max- and Avg-Sensitivity: ||e(x') - e(x)|| / ||e(x)|| over 10 inputs with uniform "
                  "noise of +-0.05 pixel units (down; opt-in)",
@@ -190,6 +231,29 @@ def score_rank_accuracy(inp: MetricInput) -> MetricOutput:
                          if n != "box"})
 
 
+@register_metric("attribution_localisation", family="localisation",
+                 description="share of the map inside the region / share of the image it covers (1: uniform map)",
+                 columns={"attribution_localisation_{region}": column("higher", percent=False)})
+def score_attribution_localisation(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({f"attribution_localisation_{n}": attribution_localisation(inp.localisation_maps, r)
+                         for n, r in inp.regions.items()})
+
+
+@register_metric("top_k_intersection", family="localisation",
+                 description="share of the 1000 most salient pixels inside the region",
+                 columns={"top_k_intersection_{region}": column("higher")})
+def score_top_k_intersection(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({f"top_k_intersection_{n}": top_k_intersection(inp.localisation_maps, r)
+                         for n, r in inp.regions.items()})
+
+
+@register_metric("auc", family="localisation",
+                 description="ROC AUC of the map as a detector of the region's pixels (0.5: unrelated)",
+                 columns={"auc_{region}": column("higher")})
+def score_auc(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({f"auc_{n}": localisation_auc(inp.localisation_maps, r) for n, r in inp.regions.items()})
+
+
 @register_metric("max_box_accuracy", family="localisation",
                  description="MaxBoxAcc (delta 0.5) and MaxBoxAccV2 (delta 0.3/0.5/0.7)",
                  columns={"max_box_acc": column("higher", "curve", curve="box_hits_v1"),
@@ -212,6 +276,13 @@ def score_sparseness(inp: MetricInput) -> MetricOutput:
                  columns={"complexity": column("lower", percent=False)})
 def score_complexity(inp: MetricInput) -> MetricOutput:
     return MetricOutput({"complexity": complexity(inp.maps)})
+
+
+@register_metric("effective_complexity", family="complexity",
+                 description="share of the map's pixels above 1e-5 (down: simpler)",
+                 columns={"effective_complexity": column("lower")})
+def score_effective_complexity(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({"effective_complexity": effective_complexity(inp.maps)})
 
 
 @register_metric("parameter_randomisation", family="sanity", opt_in=True,
