@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from xbench.metrics.robustness import local_lipschitz, perturbed_maps, sensitivity
+from xbench.metrics.robustness import local_lipschitz, perturbed_maps, relative_stability, sensitivity
 from xbench.metrics.saliency import prepare
+from xbench.metrics.sanity import random_logit
 
 from .test_removal import SIZE, lite0, photos  # noqa: F401  (fixtures)
 
@@ -150,3 +151,104 @@ def test_robustness_metrics_run_in_the_engine(tiny_run_setup, tmp_path):
     cells = leaderboard_of([run]).cells.set_index(["method", "metric"])
     assert cells.loc[("random@cnn", "local_lipschitz"), "direction"] == "lower"
     assert cells.loc[("random@cnn", "local_lipschitz"), "family"] == "robustness"
+
+
+@pytest.mark.parametrize("kind", ["input", "output"])
+def test_relative_stability_equals_quantus_on_the_same_noise(lite0, colour, monkeypatch, kind):  # noqa: F811
+    images, targets = colour
+    explain = gradient_saliency(lite0)
+    base = explain(images, targets)
+    drawn = _record(monkeypatch, "uniform")
+    cls = quantus.RelativeInputStability if kind == "input" else quantus.RelativeOutputStability
+    metric = cls(nr_samples=SAMPLES, perturb_func_kwargs={"upper_bound": 0.02, "lower_bound": -0.02},
+                 normalise=False, abs=False, disable_warnings=True)
+    theirs = np.asarray(metric(model=lite0, x_batch=images.numpy(), y_batch=targets.numpy(),
+                               a_batch=prepare(base, (SIZE, SIZE)).maps[:, None].numpy(),
+                               explain_func=_for_quantus(explain), device="cpu"), dtype=float)
+    noise = torch.from_numpy(np.stack(drawn)).float().view(SAMPLES, *images.shape)
+    ours = relative_stability(lite0, explain, images, base, targets, noise=noise, mean=(0, 0, 0), std=(1, 1, 1))[kind]
+    with torch.no_grad():
+        changed = torch.stack([lite0(images + n).argmax(1) != lite0(images).argmax(1) for n in noise]).numpy()
+    kept = ~changed.any(0)
+    assert kept.any()
+    np.testing.assert_allclose(ours.numpy()[kept], theirs[kept], rtol=1e-3)
+    assert np.isnan(ours.numpy()[changed.all(0)]).all()  # no perturbation kept the prediction: not scored
+
+
+def test_relative_stability_ignores_perturbations_that_change_the_prediction(lite0, colour):  # noqa: F811
+    images, targets = colour
+    explain = gradient_saliency(lite0)
+    base = explain(images, targets)
+    gentle = torch.full((2, *images.shape), 0.01)
+    harsh = torch.cat([gentle[:1], torch.randn(1, *images.shape, generator=torch.Generator().manual_seed(0)) * 5])
+    both = relative_stability(lite0, explain, images, base, targets, noise=harsh, mean=(0, 0, 0), std=(1, 1, 1))
+    only_gentle = relative_stability(lite0, explain, images, base, targets, noise=gentle[:1], mean=(0, 0, 0),
+                                     std=(1, 1, 1))
+    with torch.no_grad():
+        flipped = lite0(images + harsh[1]).argmax(1) != lite0(images).argmax(1)
+    assert bool(flipped.any())
+    torch.testing.assert_close(both["input"][flipped], only_gentle["input"][flipped])
+    alone = relative_stability(lite0, explain, images[[1]], base[[1]], targets[[1]], noise=gentle[:1, [1]],
+                               mean=(0, 0, 0), std=(1, 1, 1))
+    torch.testing.assert_close(alone["output"], only_gentle["output"][[1]], rtol=1e-4, atol=0)
+
+
+def test_quantus_relative_stability_is_nan_if_one_sample_flips(lite0, colour, monkeypatch):  # noqa: F811
+    """Quantus 0.6 takes np.max over the samples after setting those that change the prediction to NaN, so one
+    such sample makes the image NaN; Agarwal et al. maximise over the perturbations that keep it, as xbench."""
+    images, targets = colour
+    explain = gradient_saliency(lite0)
+    base = explain(images, targets)
+    drawn = _record(monkeypatch, "uniform")
+    metric = quantus.RelativeInputStability(nr_samples=4, perturb_func_kwargs={"upper_bound": 0.6, "lower_bound": -0.6},
+                                            normalise=False, abs=False, disable_warnings=True)
+    theirs = np.asarray(metric(model=lite0, x_batch=images.numpy(), y_batch=targets.numpy(),
+                               a_batch=prepare(base, (SIZE, SIZE)).maps[:, None].numpy(),
+                               explain_func=_for_quantus(explain), device="cpu"), dtype=float)
+    noise = torch.from_numpy(np.stack(drawn)).float().view(4, *images.shape)
+    with torch.no_grad():
+        changed = torch.stack([lite0(images + n).argmax(1) != lite0(images).argmax(1) for n in noise])
+    some = (changed.any(0) & ~changed.all(0)).numpy()
+    assert some.any(), changed
+    ours = relative_stability(lite0, explain, images, base, targets, noise=noise, mean=(0, 0, 0), std=(1, 1, 1))["input"]
+    assert np.isnan(theirs[some]).all() and np.isfinite(ours.numpy()[some]).all()
+
+
+def test_random_logit_equals_quantus_but_compares_the_maps_as_images(lite0, colour, monkeypatch):  # noqa: F811
+    """Quantus 0.6's RandomLogit flattens both maps and takes a 1-D SSIM of the rows; Sixt et al. compare the
+    maps as images: xbench takes the 2-D SSIM. Given the same off-target classes, the maps are the same."""
+    from skimage.metrics import structural_similarity
+
+    images, targets = colour
+    explain = gradient_saliency(lite0)
+    base = explain(images, targets)
+    drawn = _record(monkeypatch, "randint")
+    metric = quantus.RandomLogit(num_classes=1000, normalise=False, abs=False, disable_warnings=True)
+    theirs = np.asarray(metric(model=lite0, x_batch=images.numpy(), y_batch=targets.numpy(),
+                               a_batch=prepare(base, (SIZE, SIZE)).maps[:, None].numpy(),
+                               explain_func=_for_quantus(explain), device="cpu"), dtype=float)
+    index = torch.from_numpy(np.asarray(drawn[-1]))
+    off = index + (index >= targets).long()  # the index-th class other than the target
+    ours = random_logit(explain, images, base, targets, num_classes=1000, off=off)
+    a = prepare(base, (SIZE, SIZE)).maps.double().numpy()
+    b = prepare(explain(images, off), (SIZE, SIZE)).maps.double().numpy()
+    flat = [structural_similarity(x.ravel(), y.ravel(), data_range=float(max(x.max(), y.max()) - min(x.min(), y.min())))
+            for x, y in zip(a, b)]
+    np.testing.assert_allclose(flat, theirs, atol=1e-5)
+    square = [structural_similarity(x, y, data_range=float(max(x.max(), y.max()) - min(x.min(), y.min())))
+              for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours["ssim"].numpy(), square, atol=1e-5)
+    assert not np.allclose(square, flat)
+
+
+def test_random_logit_draws_another_class_per_image_whatever_the_batch(lite0, colour):  # noqa: F811
+    images, targets = colour
+    explain = gradient_saliency(lite0)
+    base = explain(images, targets)
+    together = random_logit(explain, images, base, targets, num_classes=1000)
+    assert bool((together["off"] != targets).all())
+    alone = random_logit(explain, images[[2]], base[[2]], targets[[2]], num_classes=1000)
+    assert alone["off"].item() == together["off"][2].item()
+    assert alone["ssim"].item() == pytest.approx(together["ssim"][2].item(), abs=1e-5)
+    same = random_logit(lambda x, t: base, images, base, targets, num_classes=1000)  # a class-blind explainer
+    np.testing.assert_allclose(same["ssim"].numpy(), 1.0, atol=1e-6)

@@ -122,6 +122,7 @@ class _ModelRun:
     accuracy: dict
     chunk: int  # images per perturbation forward pass
     interventions: PartInterventions | None  # synthetic data: its logits on the batch's re-rendered scenes
+    num_classes: int
 
 
 class BatchScorer:
@@ -197,7 +198,7 @@ class BatchScorer:
             interventions = None if scenes is None else PartInterventions(scenes, model, logits, chunk,
                                                                           self.label_maps.get(model_name))
             run = _ModelRun(model, labels, targets, probs.gather(1, targets[:, None])[:, 0], pred,
-                            accuracy_topk(logits, labels), chunk, interventions)
+                            accuracy_topk(logits, labels), chunk, interventions, logits.shape[1])
             if artefacts is not None:
                 artefacts.predictions(model_name, model, images, labels, probs, index, figure)
             for method in (m for m in self.methods if m.model == model_name):
@@ -224,7 +225,7 @@ class BatchScorer:
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
                           randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer,
-                          interventions=run.interventions)
+                          interventions=run.interventions, num_classes=run.num_classes)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)

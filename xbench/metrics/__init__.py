@@ -51,8 +51,8 @@ from .removal import (
     region_perturbation,
     road,
 )
-from .robustness import local_lipschitz, sensitivity
-from .sanity import RandomisationCascade, cascade_similarity, parameter_randomisation
+from .robustness import local_lipschitz, relative_stability, sensitivity
+from .sanity import RandomisationCascade, cascade_similarity, parameter_randomisation, random_logit
 
 __all__ = [
     "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
@@ -61,7 +61,7 @@ __all__ = [
     "MetricOutput", "column", "column_table", "PROTOCOLS", "protocol_step", "REGIONS", "road", "region_perturbation",
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
-    "faithfulness_estimate", "selectivity", "sensitivity_n", "irof",
+    "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -192,6 +192,18 @@ def score_local_lipschitz(inp: MetricInput) -> MetricOutput:
                                                             std=inp.std)})
 
 
+@register_metric("relative_stability", family="robustness", opt_in=True,
+                 description="relative input (RIS) and output (ROS) stability: the largest relative change of the map "
+                 "over the relative input change or the logit change, 10 inputs with +-0.05 noise (down; opt-in)",
+                 columns={"relative_input_stability": column("lower", percent=False),
+                          "relative_output_stability": column("lower", percent=False)})
+def score_relative_stability(inp: MetricInput) -> MetricOutput:
+    if inp.explain is None:
+        return MetricOutput()
+    r = relative_stability(inp.model, inp.explain, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std)
+    return MetricOutput({"relative_input_stability": r["input"], "relative_output_stability": r["output"]})
+
+
 @register_metric("pointing_game", family="localisation",
                  description="argmax closer than 15 original-image px to the region (per-class mean); centre "
                  "baseline",
@@ -294,6 +306,16 @@ def score_parameter_randomisation(inp: MetricInput) -> MetricOutput:
         return MetricOutput()
     steps = cascade_similarity(inp.maps, inp.randomised_maps())
     return MetricOutput({"randomisation_spearman": steps[:, -1]}, {"randomisation_cascade": steps})
+
+
+@register_metric("random_logit", family="sanity", opt_in=True,
+                 description="SSIM between the map of the target and the map of a random other class (down; opt-in)",
+                 columns={"random_logit": column("lower", percent=False)})
+def score_random_logit(inp: MetricInput) -> MetricOutput:
+    if inp.explain is None or inp.num_classes is None or inp.num_classes < 2:
+        return MetricOutput()
+    return MetricOutput({"random_logit": random_logit(inp.explain, inp.images, inp.maps, inp.targets,
+                                                      inp.num_classes)["ssim"]})
 
 
 # Registered after the metrics above, so that tables list the causal family last.

@@ -35,6 +35,7 @@ class MetricInput:
     explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     # synthetic data: the batch's re-rendered part interventions and this model's logits on them (causal family)
     interventions: PartInterventions | None = None
+    num_classes: int | None = None  # the model's outputs
 
     @property
     def localisation_maps(self) -> torch.Tensor:

@@ -5,6 +5,9 @@
   ||e(x') - e(x)|| / ||e(x)|| (Frobenius norms; lower is better).
 - Local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018): over x' = x + g, g Gaussian with
   standard deviation `sigma` (pixel units), the largest ||e(x') - e(x)|| / ||x' - x|| (lower is better).
+- Relative input and output stability (Agarwal et al., 2022): the largest relative change of the map
+  over the relative change of the input (pixel units), or over the change of the logits, among the x'
+  that keep the prediction (lower is better).
 
 e is the explainer's map of the same target class, prepared as every metric prepares maps
 (`saliency.prepare`: at the image's size, min-max scaled), so the numbers compare explainers whose
@@ -15,11 +18,13 @@ A constant map (nothing to normalise by) and a non-finite map score NaN.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from ..config import IMAGENET_STD
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..datasets.transforms import denormalise
 from ..seeds import content_generator
 from .forward import as_targets
 from .saliency import prepare, scoring_maps, with_nan_rows
@@ -80,3 +85,46 @@ def local_lipschitz(explain: Explain, images: torch.Tensor, saliency: torch.Tens
     moved = perturbed_maps(explain, images, targets, noise, explain_batch)
     ratio = (moved - base.maps[None]).flatten(2).norm(dim=2) / noise.flatten(2).norm(dim=2)
     return with_nan_rows(ratio.max(0).values, base.nonfinite | base.degenerate)
+
+
+def _relative_norm(change: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
+    """||change / reference||_2 over all but the leading dims, reference's zeros replaced by `eps`."""
+    reference = torch.where(reference == 0, torch.full_like(reference, eps), reference)
+    dims = change.dim() - reference.dim()
+    return (change / reference).flatten(dims + 1).norm(dim=-1)
+
+
+def relative_stability(model: torch.nn.Module, explain: Explain, images: torch.Tensor, saliency: torch.Tensor,
+                       targets: torch.Tensor, samples: int = 10, radius: float = 0.05, mean=None, std=IMAGENET_STD,
+                       noise: torch.Tensor | None = None, seed: int = 0, eps: float = 1e-6,
+                       explain_batch: int | None = None) -> dict[str, torch.Tensor]:
+    """Relative input and output stability (Agarwal et al., 2022), per image: input, output (B,), the largest
+    over the perturbed inputs x' that keep the prediction of
+
+        ||(e(x) - e(x')) / e(x)|| / max(||(x - x') / x||, eps)   (RIS; x in pixel units)
+        ||(e(x) - e(x')) / e(x)|| / max(||h(x) - h(x')||, eps)     (ROS; h the logits, as Quantus 0.6)
+
+    zeros of e(x) and x replaced by `eps` where they divide; x' = x + uniform noise of +-`radius` pixel units
+    (`noise` (S, B, C, H, W) in the images' units replaces the draw). Lower is better. NaN where every x'
+    changes the prediction, or for a non-finite or constant map."""
+    mean = IMAGENET_MEAN if mean is None else mean
+    targets = as_targets(targets, images)
+    base = scoring_maps(saliency, tuple(images.shape[-2:]))
+    if noise is None:
+        noise = pixel_noise(images, samples, seed, std, lambda shape, g: (torch.rand(shape, generator=g) * 2 - 1) * radius)
+    moved = perturbed_maps(explain, images, targets, noise, explain_batch)  # (S, B, H, W)
+    explanation = _relative_norm(base.maps[None] - moved, base.maps, eps).double()
+    pixels = denormalise(images, mean, std)
+    inputs = _relative_norm(pixels[None] - denormalise(images[None] + noise, mean, std), pixels, eps).double()
+    with torch.no_grad():
+        logits = model(images).double()
+        perturbed = torch.stack([model(images + n) for n in noise]).double()  # (S, B, C)
+    outputs = (logits[None] - perturbed).norm(dim=-1)
+    kept = (perturbed.argmax(-1) == logits.argmax(-1)[None])
+    out = {}
+    for name, denominator in (("input", inputs), ("output", outputs)):
+        ratio = explanation / denominator.clamp(min=eps)
+        ratio = torch.where(kept, ratio, torch.full_like(ratio, float("nan")))
+        best = torch.where(kept.any(0), ratio.nan_to_num(-math.inf).max(0).values, torch.full_like(ratio[0], float("nan")))
+        out[name] = with_nan_rows(best.float(), base.nonfinite | base.degenerate)
+    return out

@@ -1,4 +1,7 @@
-"""Model-parameter randomisation (Adebayo et al. 2018), cascading: do the maps depend on the weights?
+"""Sanity checks: do the maps depend on the weights (model-parameter randomisation) and on the class
+(random logit)?
+
+Model-parameter randomisation (Adebayo et al. 2018), cascading:
 
 The model's blocks are re-initialised one after another from the top (the classifier) down, each
 from its own seed, and after every step the maps are recomputed and compared with the trained
@@ -119,3 +122,39 @@ def parameter_randomisation(maps_trained: torch.Tensor, maps_randomised: torch.T
 def cascade_similarity(maps_trained: torch.Tensor, cascade_maps: list[torch.Tensor]) -> torch.Tensor:
     """(B, steps) `parameter_randomisation` of the trained maps against the maps after each step of the cascade."""
     return torch.stack([parameter_randomisation(maps_trained, maps) for maps in cascade_maps], 1)
+
+
+def off_classes(images: torch.Tensor, targets: torch.Tensor, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """(B,) a class other than each image's target, uniform over the others, drawn from `seed` and the
+    image's content (so it does not depend on the batch)."""
+    from ..seeds import content_generator
+
+    draws = torch.stack([torch.randint(0, num_classes - 1, (1,), generator=content_generator(image, seed))[0]
+                         for image in images]).to(targets.device)
+    return draws + (draws >= targets).long()  # skip the target
+
+
+def structural_similarity(maps_a: torch.Tensor, maps_b: torch.Tensor) -> torch.Tensor:
+    """(B,) SSIM of paired 2-D maps (scikit-image's, 7 x 7 windows, data range the pair's joint range); two
+    identical constant maps score 1, a constant map against a different one 0."""
+    from skimage.metrics import structural_similarity as ssim
+
+    out = []
+    for a, b in zip(maps_a.detach().double().cpu().numpy(), maps_b.detach().double().cpu().numpy()):
+        span = float(max(a.max(), b.max()) - min(a.min(), b.min()))
+        out.append((1.0 if np.array_equal(a, b) else 0.0) if span == 0 else ssim(a, b, data_range=span))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def random_logit(explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
+                 saliency: torch.Tensor, targets: torch.Tensor, num_classes: int, seed: int = 0,
+                 off: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Random logit (Sixt et al., ICML 2020): ssim (B,) between the map of the target and the map of a random
+    other class (`off` (B,) replaces the draw, `off_classes`), both prepared at the image's size; lower is
+    better (an explanation of another class should look different). Also off (B,), the classes drawn."""
+    size = tuple(images.shape[-2:])
+    base = scoring_maps(saliency, size)
+    off = off_classes(images, targets, num_classes, seed) if off is None else off.to(targets.device)
+    other = scoring_maps(explain(images, off), size)
+    similarity = structural_similarity(base.maps, other.maps)
+    return {"ssim": with_nan_rows(similarity, base.nonfinite | other.nonfinite), "off": off}
