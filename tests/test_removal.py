@@ -341,3 +341,15 @@ def test_monotonicity_correlation_is_one_when_saliency_ranks_the_effects():
                                     mean=(0, 0, 0), std=(1, 1, 1)).item() == pytest.approx(-1.0)
     assert monotonicity_correlation(Linear(), images, torch.ones(1, 4, 4), torch.zeros(1), groups=4, values=values,
                                     mean=(0, 0, 0), std=(1, 1, 1)).item() == 0.0  # a constant map
+
+
+def test_quantus_road_fails_on_colour_images_where_xbench_removes_whole_pixels(lite0, photos):
+    """Quantus 0.6's ROAD ranks channel x pixel entries of the map broadcast over the channels and indexes the
+    image's pixels with them: on a colour image it raises IndexError. xbench removes pixels in all channels."""
+    images, targets, maps = photos
+    colour = images.expand(-1, 3, -1, -1).contiguous()
+    metric = quantus.ROAD(percentages=[10, 50], noise=0.0, disable_warnings=True)
+    with warnings.catch_warnings(), pytest.raises(IndexError):
+        warnings.simplefilter("ignore")
+        metric(model=lite0, x_batch=colour.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(), device="cpu")
+    assert bool(road(lite0, colour, maps, targets, percentages=(10, 50), noise=0.0)["morf"].isfinite().all())
