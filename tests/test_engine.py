@@ -166,6 +166,31 @@ def test_parameter_randomisation_is_opt_in_and_cascades(tiny_run_setup):
     assert intr.shape[1] == 11 and np.allclose(intr[:, :2], 1.0) and (intr[:, 2] < 0.99).all()
 
 
+def test_efficient_mprt_shares_the_cascade_with_parameter_randomisation(tiny_run_setup, monkeypatch):
+    from xbench.metrics.sanity import RandomisationCascade
+
+    base, overrides = tiny_run_setup
+    runs = []
+    original = RandomisationCascade.maps
+
+    def counted(self, compute, last_only=False):
+        runs.append(last_only)
+        return original(self, compute, last_only)
+
+    monkeypatch.setattr(RandomisationCascade, "maps", counted)
+    out = evaluate(load_config([], overrides + ["evaluate.methods=intr,random", "evaluate.batch_size=16",
+                                                "evaluate.metrics=all,parameter_randomisation,efficient_mprt"]),
+                   out=base / "empirt", progress=False)
+    rows = load_results(out)[0].set_index("method")
+    assert (rows.loc["random@cnn", "efficient_mprt"] == 0).all()  # a map that ignores the model: no rise
+    assert rows.loc["attention@intr", "efficient_mprt"].notna().all()
+    assert runs == [False, False]  # one full cascade per method and batch, its last step reused
+    runs.clear()
+    evaluate(load_config([], overrides + ["evaluate.methods=random", "evaluate.batch_size=16",
+                                          "evaluate.metrics=efficient_mprt"]), out=base / "empirt_only", progress=False)
+    assert runs == [True]  # alone, only the fully randomised model is explained
+
+
 def test_the_cascade_randomises_top_down_and_restores_the_weights():
     from xbench.metrics.sanity import RandomisationCascade
 

@@ -252,3 +252,22 @@ def test_random_logit_draws_another_class_per_image_whatever_the_batch(lite0, co
     assert alone["ssim"].item() == pytest.approx(together["ssim"][2].item(), abs=1e-5)
     same = random_logit(lambda x, t: base, images, base, targets, num_classes=1000)  # a class-blind explainer
     np.testing.assert_allclose(same["ssim"].numpy(), 1.0, atol=1e-6)
+
+
+def test_efficient_mprt_is_the_relative_rise_of_quantus_discrete_entropy(lite0, colour):  # noqa: F811
+    from quantus.functions.complexity_func import discrete_entropy as quantus_entropy
+
+    from xbench.metrics.sanity import discrete_entropy, efficient_mprt
+
+    images, targets = colour
+    maps = prepare(gradient_saliency(lite0)(images, targets), (SIZE, SIZE)).maps
+    noisy = torch.rand(maps.shape, generator=torch.Generator().manual_seed(1))
+    ours = discrete_entropy(maps)
+    theirs = [quantus_entropy(a=m.numpy(), x=m.numpy(), n_bins=100) for m in maps]
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-10)
+    rise = efficient_mprt(maps, noisy)
+    expected = (discrete_entropy(prepare(noisy, (SIZE, SIZE)).maps) - ours) / ours
+    np.testing.assert_allclose(rise.numpy(), expected.numpy(), rtol=1e-6)
+    assert bool((rise > 0).all())  # noise spreads over the bins
+    assert efficient_mprt(maps, maps).tolist() == [0.0] * len(maps)  # maps that ignore the weights: no rise
+    assert bool(efficient_mprt(torch.zeros_like(maps), noisy).isnan().all())  # a constant map has no entropy to rise from

@@ -78,6 +78,23 @@ def resolve_target(protocol: str, target: str | None) -> str:
     return target
 
 
+def _cascade_maps(cascade: RandomisationCascade, compute) -> callable:
+    """`randomised_maps(last_only=False)` for one method and batch: the cascade runs once, whichever metrics
+    ask (a full cascade also serves the last step)."""
+    done: dict[str, list] = {}
+
+    def maps(last_only: bool = False) -> list:
+        if "all" in done:
+            return done["all"][-1:] if last_only else done["all"]
+        if last_only:
+            done.setdefault("last", cascade.maps(compute, last_only=True))
+            return done["last"]
+        done["all"] = cascade.maps(compute)
+        return done["all"]
+
+    return maps
+
+
 def _blocks_of(model_name: str):
     """The randomisation blocks a registered model family names (None: the generic top-down order)."""
     return MODELS.get(model_name).meta.get("randomisation_blocks") if model_name in MODELS else None
@@ -154,7 +171,7 @@ class BatchScorer:
         self.explainers = {m.label: build_explainer(m.explainer, models[m.model], **self.options[m.label])
                            for m in methods}
         self.randomised = {}  # method label -> (its model's cascade, its explainer on the cascade's copy)
-        if "parameter_randomisation" in metrics:
+        if needing(metrics, "randomisation"):
             cascades = {name: RandomisationCascade(model, seed, _blocks_of(name)) for name, model in models.items()}
             self.randomised = {m.label: (cascades[m.model], build_explainer(m.explainer, cascades[m.model].model,
                                                                             **self.options[m.label]))
@@ -220,7 +237,7 @@ class BatchScorer:
         randomised = None
         if method.label in self.randomised:
             cascade, other = self.randomised[method.label]
-            randomised = lambda: cascade.maps(lambda: other(shared.images, run.targets))  # noqa: E731
+            randomised = _cascade_maps(cascade, lambda: other(shared.images, run.targets))
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,

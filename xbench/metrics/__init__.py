@@ -52,7 +52,7 @@ from .removal import (
     road,
 )
 from .robustness import local_lipschitz, relative_stability, sensitivity
-from .sanity import RandomisationCascade, cascade_similarity, parameter_randomisation, random_logit
+from .sanity import RandomisationCascade, cascade_similarity, efficient_mprt, parameter_randomisation, random_logit
 
 __all__ = [
     "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
@@ -62,6 +62,7 @@ __all__ = [
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
+    "efficient_mprt",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -297,7 +298,7 @@ def score_effective_complexity(inp: MetricInput) -> MetricOutput:
     return MetricOutput({"effective_complexity": effective_complexity(inp.maps)})
 
 
-@register_metric("parameter_randomisation", family="sanity", opt_in=True,
+@register_metric("parameter_randomisation", family="sanity", opt_in=True, needs="randomisation",
                  description="Spearman between the maps of the trained model and of the model randomised block by "
                  "block from the top (cascading; down; opt-in)",
                  columns={"randomisation_spearman": column("lower", percent=False)})
@@ -306,6 +307,16 @@ def score_parameter_randomisation(inp: MetricInput) -> MetricOutput:
         return MetricOutput()
     steps = cascade_similarity(inp.maps, inp.randomised_maps())
     return MetricOutput({"randomisation_spearman": steps[:, -1]}, {"randomisation_cascade": steps})
+
+
+@register_metric("efficient_mprt", family="sanity", opt_in=True, needs="randomisation",
+                 description="relative rise of the map's discrete entropy once the whole model is re-initialised (up; "
+                 "opt-in)",
+                 columns={"efficient_mprt": column("higher", percent=False)})
+def score_efficient_mprt(inp: MetricInput) -> MetricOutput:
+    if inp.randomised_maps is None:
+        return MetricOutput()
+    return MetricOutput({"efficient_mprt": efficient_mprt(inp.maps, inp.randomised_maps(last_only=True)[-1])})
 
 
 @register_metric("random_logit", family="sanity", opt_in=True,

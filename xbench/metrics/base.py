@@ -26,8 +26,9 @@ class MetricInput:
     std: tuple
     protocol: str  # insertion/deletion protocol (PROTOCOLS): step and blur kernel
     chunk: int
-    # the explainer's maps (B, h, w) after each step of the model's randomisation cascade (top block first)
-    randomised_maps: Callable[[], list[torch.Tensor]] | None = None
+    # the explainer's maps (B, h, w) after each step of the model's randomisation cascade (top block first);
+    # called with last_only=True, only after the whole cascade
+    randomised_maps: Callable[..., list[torch.Tensor]] | None = None
     # Localisation is scored on maps of the true class, whatever class `targets` names (default: `maps`).
     label_maps: torch.Tensor | None = None
     scale: torch.Tensor | None = None  # (B, 2) transformed pixels per original pixel (sy, sx)
