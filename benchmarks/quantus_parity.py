@@ -37,6 +37,7 @@ from xbench.metrics import (
     local_lipschitz,
     localisation_auc,
     monotonicity_correlation,
+    non_sensitivity,
     region_perturbation,
     relative_stability,
     road,
@@ -141,6 +142,10 @@ def main() -> None:
         ("IROF", "SLIC superpixels (the same)",
          lambda: irof(model, colour, maps, targets, segments=superpixels_as_quantus(), **PLAIN),
          lambda: quantus.IROF(perturb_baseline="mean", return_aggregate=False, **flat)(**q)),
+        ("non-sensitivity", "one forward per pixel of a 32 x 32 crop (Quantus needs 1-feature steps)",
+         lambda: non_sensitivity(model, colour[..., :32, :32], maps[:, :32, :32], targets, patch=1, **IDENTITY),
+         lambda: quantus.NonSensitivity(features_in_step=1, perturb_baseline="black", **flat)(
+             **{**q, "x_batch": x[..., :32, :32], "a_batch": a[..., :32, :32]})),
         ("max-sensitivity", "10 noisy explanations",
          lambda: sensitivity(explain, colour, base, targets, samples=10, std=(1, 1, 1)),
          lambda: quantus.MaxSensitivity(nr_samples=10, lower_bound=0.05, **flat)(**q_colour)),

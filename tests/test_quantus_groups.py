@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from xbench.metrics.groups import faithfulness_estimate, irof, selectivity, sensitivity_n, superpixels
+from xbench.metrics.groups import (
+    faithfulness_estimate,
+    irof,
+    non_sensitivity,
+    selectivity,
+    sensitivity_n,
+    superpixels,
+)
 from xbench.metrics.saliency import NonFiniteMapWarning
 
 from .test_removal import IDENTITY, SIZE, Grey, lite0, photos  # noqa: F401  (fixtures)
@@ -156,13 +163,14 @@ def test_quantus_irof_mean_baseline_depends_on_the_batch(lite0, photos, colour, 
     assert alone.item() == pytest.approx(irof(lite0, x, maps, targets, **PLAIN)["score"][0].item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("metric", ["estimate", "selectivity", "sensitivity_n", "irof"])
+@pytest.mark.parametrize("metric", ["estimate", "selectivity", "sensitivity_n", "irof", "non_sensitivity"])
 def test_each_image_scores_alone_as_in_a_mixed_batch_and_degenerate_maps(lite0, colour, metric):  # noqa: F811
     images, targets, maps = colour
     run = {"estimate": lambda *a: faithfulness_estimate(*a, groups=16, **IDENTITY),
            "selectivity": lambda *a: selectivity(*a, patch=16, **IDENTITY)["auc"],
            "sensitivity_n": lambda *a: sensitivity_n(*a, shares=(0.1,), runs=4, **IDENTITY)["score"],
-           "irof": lambda *a: irof(*a, **PLAIN)["score"]}[metric]
+           "irof": lambda *a: irof(*a, **PLAIN)["score"],
+           "non_sensitivity": lambda *a: non_sensitivity(*a, patch=16, **IDENTITY)}[metric]
     together = run(lite0, images, maps, targets)
     alone = torch.cat([run(lite0, images[[i]], maps[[i]], targets[[i]]) for i in range(len(images))])
     torch.testing.assert_close(alone.double(), together.double(), atol=1e-5, rtol=0)
@@ -170,7 +178,7 @@ def test_each_image_scores_alone_as_in_a_mixed_batch_and_degenerate_maps(lite0, 
     if metric in ("estimate", "sensitivity_n"):
         assert flat.tolist() == [0.0] * len(images)  # a constant map explains nothing: 0
     else:
-        assert bool(flat.isfinite().all())  # selectivity and IROF follow its order (ties by index)
+        assert bool(flat.isfinite().all())  # selectivity, IROF: its order (ties by index); non-sensitivity: all silent
     with pytest.warns(NonFiniteMapWarning):
         assert bool(run(lite0, images, torch.full_like(maps, float("nan")), targets).isnan().all())
 
@@ -183,3 +191,37 @@ def test_superpixels_come_from_pixel_space_whatever_the_normalisation(colour):
     assert torch.equal(superpixels(normalised, mean, std), plain)
     for labels in plain:  # every pixel labelled, labels 0..L-1 without gaps
         assert torch.equal(labels.unique(), torch.arange(int(labels.max()) + 1))
+
+
+@pytest.fixture(scope="module")
+def tiny(photos):  # noqa: F811
+    """16 x 16 one-channel photos (Quantus's non-sensitivity removes one feature per forward pass) and maps
+    that are zero on about half the pixels."""
+    images, targets, maps = photos
+    small = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+    small[:, :, 0, 0] = 0.0
+    sparse = torch.nn.functional.interpolate(maps[:, None], size=(16, 16), mode="nearest")[:, 0]
+    return small, targets, torch.where(sparse > 0.5, sparse, torch.zeros_like(sparse))
+
+
+def test_non_sensitivity_equals_quantus_per_pixel(lite0, tiny):  # noqa: F811
+    images, targets, maps = tiny
+    metric = quantus.NonSensitivity(features_in_step=1, eps=1e-5, perturb_baseline="black", normalise=False, abs=False,
+                                    disable_warnings=True)
+    theirs = np.asarray(_quiet(metric, model=Grey(lite0).eval(), x_batch=images.numpy(), y_batch=targets.numpy(),
+                               a_batch=maps[:, None].numpy(), softmax=True), dtype=float)
+    ours = non_sensitivity(lite0, images.expand(-1, 3, -1, -1), maps, targets, patch=1, eps=1e-5, **IDENTITY)
+    np.testing.assert_allclose(ours.numpy() * 16 * 16, theirs)
+    assert bool((ours > 0).all()) and bool((ours < 1).all())
+
+
+def test_quantus_non_sensitivity_fails_with_groups_of_features(lite0, tiny):  # noqa: F811
+    """Quantus 0.6 XORs a per-feature mask with a per-step array: with more than one feature a step they do not
+    broadcast. xbench scores cells of pixels."""
+    images, targets, maps = tiny
+    metric = quantus.NonSensitivity(features_in_step=4, normalise=False, abs=False, disable_warnings=True)
+    with pytest.raises(ValueError, match="broadcast"):
+        _quiet(metric, model=Grey(lite0).eval(), x_batch=images.numpy(), y_batch=targets.numpy(),
+               a_batch=maps[:, None].numpy(), softmax=True)
+    cells = non_sensitivity(lite0, images.expand(-1, 3, -1, -1), maps, targets, patch=4, **IDENTITY)
+    assert cells.shape == (len(images),) and bool(cells.isfinite().all())

@@ -28,7 +28,7 @@ from .accuracy import accuracy_topk
 from .base import MetricInput, MetricOutput, column
 from .complexity import complexity, effective_complexity, sparseness
 from .confidence import average_drop_gain
-from .groups import faithfulness_estimate, irof, selectivity, sensitivity_n
+from .groups import faithfulness_estimate, irof, non_sensitivity, selectivity, sensitivity_n
 from .localisation import (
     attribution_localisation,
     boxes_to_mask,
@@ -62,7 +62,7 @@ __all__ = [
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
-    "efficient_mprt",
+    "efficient_mprt", "non_sensitivity",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -168,6 +168,15 @@ def score_sensitivity_n(inp: MetricInput) -> MetricOutput:
 def score_irof(inp: MetricInput) -> MetricOutput:
     r = irof(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)
     return MetricOutput({"irof": r["score"]}, {"irof_curve": r["curve"]})
+
+
+@register_metric("non_sensitivity", family="faithfulness", opt_in=True,
+                 description="share of 8x8 cells where 'the map is zero there' and 'removing the cell does not move "
+                 "the probability' disagree (down; opt-in)",
+                 columns={"non_sensitivity": column("lower")})
+def score_non_sensitivity(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({"non_sensitivity": non_sensitivity(inp.model, inp.images, inp.maps, inp.targets,
+                                                            mean=inp.mean, std=inp.std, batch_size=inp.chunk)})
 
 
 @register_metric("sensitivity", family="robustness", opt_in=True,

@@ -1,5 +1,5 @@
-"""Faithfulness by removing groups of pixels, batched: faithfulness estimate, selectivity, sensitivity-n
-and IROF.
+"""Faithfulness by removing groups of pixels, batched: faithfulness estimate, selectivity, sensitivity-n,
+IROF and non-sensitivity.
 
 - Faithfulness estimate (Alvarez-Melis & Jaakkola, NeurIPS 2018): the pixels in descending order of
   saliency form `groups` groups; each group alone is replaced by the substrate colour; Pearson correlation
@@ -13,6 +13,8 @@ and IROF.
 - IROF (Rieger & Hansen, 2020): SLIC superpixels of the image (scikit-image's `slic`, its defaults) in
   descending order of mean saliency are replaced one after the other by the image's mean grey (pixel
   space); the area over the curve of f(x_k) / f(x) over [0, 1] (higher is better).
+- Non-sensitivity (Nguyen & Martinez, 2020): for each 8 x 8 cell, "the map is zero there" against "removing
+  the cell alone does not move f": the share of cells where the two disagree (lower is better).
 
 f is the softmax probability of the target; a pixel is replaced in all its channels; random subsets are
 drawn from `seed` and each image's content, so no score depends on the batch. A constant map explains
@@ -162,3 +164,26 @@ def irof(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets
     area = (ratio.nan_to_num(0.0).sum(1) - (ratio[:, 0] + ratio.gather(1, (count - 1)[:, None])[:, 0]) / 2)
     score = 1 - area / (length - 1).clamp(min=1)
     return {"score": with_nan_rows(score, prepared.nonfinite), "curve": with_nan_rows(ratio, prepared.nonfinite)}
+
+
+def non_sensitivity(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
+                    patch: int = 8, eps: float = 1e-5, substrate=SUBSTRATE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    batch_size: int | None = None, memory_budget_mb: float = 1024) -> torch.Tensor:
+    """(B,) non-sensitivity (Nguyen & Martinez, 2020): the share of the `patch` x `patch` cells (a grid centred
+    on the image) where "the map gives the cell no saliency" (every pixel below `eps`) disagrees with "removing
+    the cell alone leaves f within `eps`"; lower is better (0: the map is zero exactly where the model does
+    not care)."""
+    b, _, h, w = images.shape
+    targets = as_targets(targets, images)
+    prepared = scoring_maps(saliency, (h, w))
+    cell_of, _ = patch_grid(h, w, patch, images.device)
+    cells = int(cell_of.max()) + 1
+    fill = pixel_colour(substrate, mean, std, images)
+    probs = _probabilities(model, images, targets, cells + 1,
+                           lambda i, k: ((cell_of == (k - 1)[:, None]) & (k > 0)[:, None]).view(-1, 1, h, w),
+                           fill, batch_size, memory_budget_mb)
+    unmoved = (probs[:, 1:] - probs[:, :1]).abs() < eps
+    peak = torch.full((b, cells), -math.inf, dtype=prepared.maps.dtype, device=images.device).scatter_reduce(
+        1, cell_of.expand(b, -1), prepared.maps.flatten(1), reduce="amax")
+    silent = peak < eps
+    return with_nan_rows((unmoved ^ silent).double().mean(1), prepared.nonfinite)
