@@ -30,6 +30,7 @@ from torch import nn
 import xbench
 from xbench.metrics import (
     attribution_localisation,
+    continuity,
     faithfulness_correlation,
     faithfulness_estimate,
     insertion_deletion,
@@ -152,6 +153,9 @@ def main() -> None:
         ("local Lipschitz estimate", "10 noisy explanations",
          lambda: local_lipschitz(explain, colour, base, targets, samples=10, std=(1, 1, 1)),
          lambda: quantus.LocalLipschitzEstimate(nr_samples=10, perturb_std=0.05, **flat)(**q_colour)),
+        ("continuity", "28 translated explanations",
+         lambda: continuity(explain, colour, base, targets, steps=28, **PLAIN),
+         lambda: quantus.Continuity(nr_steps=28, **flat)(**q_colour)),
         ("relative input stability", "10 noisy explanations",
          lambda: relative_stability(model, explain, colour, base, targets, samples=10, **PLAIN),
          lambda: quantus.RelativeInputStability(nr_samples=10, **flat)(**q_colour)),

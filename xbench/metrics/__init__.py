@@ -51,7 +51,7 @@ from .removal import (
     region_perturbation,
     road,
 )
-from .robustness import local_lipschitz, relative_stability, sensitivity
+from .robustness import continuity, local_lipschitz, relative_stability, sensitivity
 from .sanity import RandomisationCascade, cascade_similarity, efficient_mprt, parameter_randomisation, random_logit
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
-    "efficient_mprt", "non_sensitivity",
+    "efficient_mprt", "non_sensitivity", "continuity",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -212,6 +212,17 @@ def score_relative_stability(inp: MetricInput) -> MetricOutput:
         return MetricOutput()
     r = relative_stability(inp.model, inp.explain, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std)
     return MetricOutput({"relative_input_stability": r["input"], "relative_output_stability": r["output"]})
+
+
+@register_metric("continuity", family="robustness", opt_in=True,
+                 description="largest L1 change of the map over the L2 change of the image among 28 horizontal "
+                 "translations (down; opt-in)",
+                 columns={"continuity": column("lower", percent=False)})
+def score_continuity(inp: MetricInput) -> MetricOutput:
+    if inp.explain is None:
+        return MetricOutput()
+    return MetricOutput({"continuity": continuity(inp.explain, inp.images, inp.maps, inp.targets, mean=inp.mean,
+                                                  std=inp.std)})
 
 
 @register_metric("pointing_game", family="localisation",

@@ -8,6 +8,8 @@
 - Relative input and output stability (Agarwal et al., 2022): the largest relative change of the map
   over the relative change of the input (pixel units), or over the change of the logits, among the x'
   that keep the prediction (lower is better).
+- Continuity (Montavon et al., 2018): the largest L1 change of the map over the L2 change of the image
+  among 28 horizontal translations of the image (lower is better).
 
 e is the explainer's map of the same target class, prepared as every metric prepares maps
 (`saliency.prepare`: at the image's size, min-max scaled), so the numbers compare explainers whose
@@ -24,7 +26,7 @@ from typing import Callable
 import torch
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
-from ..datasets.transforms import denormalise
+from ..datasets.transforms import denormalise, pixel_colour
 from ..seeds import content_generator
 from .forward import as_targets
 from .saliency import prepare, scoring_maps, with_nan_rows
@@ -128,3 +130,41 @@ def relative_stability(model: torch.nn.Module, explain: Explain, images: torch.T
         best = torch.where(kept.any(0), ratio.nan_to_num(-math.inf).max(0).values, torch.full_like(ratio[0], float("nan")))
         out[name] = with_nan_rows(best.float(), base.nonfinite | base.degenerate)
     return out
+
+
+def translations(width: int, steps: int) -> list[int]:
+    """Quantus's (and Montavon et al.'s) horizontal shifts: -W + k dx for k = 1..steps, dx = (2W + 1) // steps."""
+    dx = (2 * width + 1) // steps
+    return [-width + k * dx for k in range(1, steps + 1)]
+
+
+def translate(images: torch.Tensor, shift: int, fill: torch.Tensor) -> torch.Tensor:
+    """`images` moved `shift` pixels right (left if negative), the uncovered columns set to `fill`."""
+    out = fill.expand_as(images).clone()
+    width = images.shape[-1]
+    if abs(shift) >= width:
+        return out
+    if shift >= 0:
+        out[..., shift:] = images[..., :width - shift]
+    else:
+        out[..., :width + shift] = images[..., -shift:]
+    return out
+
+
+def continuity(explain: Explain, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
+               steps: int = 28, substrate=(0.0, 0.0, 0.0), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+               explain_batch: int | None = None) -> torch.Tensor:
+    """(B,) continuity (Montavon et al., 2018): the largest ||e(x) - e(x')||_1 / ||x - x'||_2 over the
+    horizontal translations x' of the image (`translations`; uncovered pixels take the `substrate` colour, pixel
+    units); lower is better. The maps are compared where they stand, not shifted back, as in the paper."""
+    targets = as_targets(targets, images)
+    b, _, h, w = images.shape
+    base = scoring_maps(saliency, (h, w))
+    fill = pixel_colour(substrate, mean, std, images)
+    shifts = translations(w, steps)
+    moved = torch.stack([translate(images, s, fill) for s in shifts])  # (S, B, C, H, W)
+    maps = perturbed_maps(explain, images, targets, moved - images[None], explain_batch)
+    change = (maps - base.maps[None]).flatten(2).abs().sum(-1)
+    distance = (denormalise(moved, mean, std) - denormalise(images, mean, std)[None]).flatten(2).norm(dim=-1)
+    ratio = change.double() / (distance.double() + 1e-9)
+    return with_nan_rows(ratio.max(0).values.float(), base.nonfinite)
