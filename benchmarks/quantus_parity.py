@@ -63,10 +63,11 @@ class Grey(nn.Module):
 
 
 def gradient_explainer(model):
+    """|d logit / d x| summed over channels."""
     def explain(images, targets):
         with torch.enable_grad():
             x = images.detach().float().clone().requires_grad_(True)
-            model(x).softmax(-1).gather(1, targets.long()[:, None]).sum().backward()
+            model(x).gather(1, targets.long()[:, None]).sum().backward()
         return x.grad.abs().sum(1)
     return explain
 
@@ -91,6 +92,9 @@ def main() -> None:
     grey = torch.rand(n, 1, size, size, device=device)
     grey[:, :, 0, 0] = 0  # Quantus's 'black' is the image minimum: 0, xbench's substrate here
     colour = grey.expand(-1, 3, -1, -1).contiguous()
+    # Continuity fills translations with the image's minimum; a random-weight network is dead (zero gradients)
+    # on black, so its images start at 0.3
+    lifted = 0.3 + 0.7 * colour
     with torch.no_grad():
         targets = model(colour).argmax(1)
     maps = torch.rand(n, size, size, device=device)
@@ -154,8 +158,8 @@ def main() -> None:
          lambda: local_lipschitz(explain, colour, base, targets, samples=10, std=(1, 1, 1)),
          lambda: quantus.LocalLipschitzEstimate(nr_samples=10, perturb_std=0.05, **flat)(**q_colour)),
         ("continuity", "28 translated explanations",
-         lambda: continuity(explain, colour, base, targets, steps=28, **PLAIN),
-         lambda: quantus.Continuity(nr_steps=28, **flat)(**q_colour)),
+         lambda: continuity(explain, lifted, base, targets, steps=28, substrate=(0.3, 0.3, 0.3), **PLAIN),
+         lambda: quantus.Continuity(nr_steps=28, **flat)(**{**q_colour, "x_batch": lifted.cpu().numpy()})),
         ("relative input stability", "10 noisy explanations",
          lambda: relative_stability(model, explain, colour, base, targets, samples=10, **PLAIN),
          lambda: quantus.RelativeInputStability(nr_samples=10, **flat)(**q_colour)),

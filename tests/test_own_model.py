@@ -70,6 +70,7 @@ def _photo_tensors(root: Path):
     return torch.stack([s["image"] for s in samples]), data, [s["box"] for s in samples]
 
 
+@pytest.mark.slow
 def test_cli_evaluate_and_report_then_the_python_api_give_the_same_rows(pretrained):
     root, net = pretrained
     result = CliRunner().invoke(app, ["evaluate", "--no-progress", "--dataset", "imagenet", "--data-root",
@@ -115,6 +116,7 @@ def test_gradcam_equals_the_library_on_the_pretrained_network(pretrained):
     np.testing.assert_allclose(ours.numpy(), reference, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_model_normalising_inside_scores_as_one_given_normalised_images(pretrained):
     root, net = pretrained
     images, targets = _photo_tensors(root)[0][:3], torch.tensor([285, 967, 665])

@@ -258,6 +258,7 @@ def test_report_embeds_figures_as_small_palette_pngs(report):
     assert page.stat().st_size < 1_500_000  # the tiny run's page (the quickstart's is under 2 MB)
 
 
+@pytest.mark.slow
 @pytest.mark.chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 @pytest.mark.parametrize("width", [1280, 1920])

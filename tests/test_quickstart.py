@@ -11,6 +11,7 @@ import yaml
 from xbench.quickstart import load_quickstart, quickstart
 from xbench.report.leaderboard import CENTRE
 
+pytestmark = pytest.mark.slow  # trains three models and evaluates every metric
 METHODS = ["attention@intr", "attention@ca_stream", "gradcam@cnn", "gradcampp@cnn", "scorecam@cnn",
            "gradcam@ca_stream", "gradcam@intr", "integrated_gradients@cnn", "rise@cnn", "random@cnn",
            "centre@cnn", "uniform@cnn"]

@@ -43,6 +43,7 @@ def test_unknown_name_lists_the_known_ones_and_duplicates_raise():
         reg.register("alpha")(lambda: 3)
 
 
+@pytest.mark.slow
 def test_plugin_package_appears_in_xbench_list(tmp_path):
     """A plugin installed as a distribution with an `xbench.methods` entry point is discovered."""
     pkg = tmp_path / "xbench_toyplugin"

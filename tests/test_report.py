@@ -179,6 +179,7 @@ def test_explain_one_image(tiny_run_setup, tmp_path):
     assert wrong.exit_code == 2 and "holds a 'cnn' model, not the 'intr' model" in wrong.output
 
 
+@pytest.mark.slow
 @pytest.mark.chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(run, tmp_path):

@@ -152,6 +152,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(small, tmp_path):
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
             "-m", "xbench.cli", "train", "--method", "cnn", "--no-progress"]

@@ -124,6 +124,7 @@ def _generate(root: str, queue) -> None:
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_concurrent_ranks_generate_the_data_once(tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -175,6 +176,7 @@ def test_settings_are_checked_before_the_run_directory(data, tmp_path):
         train(load_config([], common + ["train.optimizer=lion"]), progress=False)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_training_saves_and_exits_non_zero(data, tmp_path):
     args = [sys.executable, "-m", "xbench.cli", "train", "--method", "cnn", "--no-progress"]
     for item in data + CNN + ["train.epochs=200", "train.batch_size=4", f"output_dir={tmp_path}"]:

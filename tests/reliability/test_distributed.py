@@ -12,7 +12,7 @@ import pytest
 
 from xbench.engine.store import load_results
 
-pytestmark = pytest.mark.kill
+pytestmark = [pytest.mark.kill, pytest.mark.slow]
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ from xbench.config import load_config
 from xbench.engine.evaluate import evaluate
 from xbench.engine.store import ResultStore, load_results
 
-pytestmark = pytest.mark.kill
+pytestmark = [pytest.mark.kill, pytest.mark.slow]
 
 CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "TQDM_DISABLE": "1"}
