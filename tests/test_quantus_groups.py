@@ -12,8 +12,10 @@ import torch
 
 from xbench.metrics.groups import (
     faithfulness_estimate,
+    infidelity,
     irof,
     non_sensitivity,
+    random_squares,
     selectivity,
     sensitivity_n,
     superpixels,
@@ -225,3 +227,42 @@ def test_quantus_non_sensitivity_fails_with_groups_of_features(lite0, tiny):  # 
                a_batch=maps[:, None].numpy(), softmax=True)
     cells = non_sensitivity(lite0, images.expand(-1, 3, -1, -1), maps, targets, patch=4, **IDENTITY)
     assert cells.shape == (len(images),) and bool(cells.isfinite().all())
+
+
+def test_infidelity_is_the_authors_scaled_definition_written_out(lite0, colour):  # noqa: F811
+    images, targets, maps = colour
+    squares = random_squares(images, 6, (4, 8), seed=2)
+    ours = infidelity(lite0, images, maps, targets, squares=squares, **IDENTITY)
+    for b in range(len(images)):
+        with torch.no_grad():
+            base = lite0(images[[b]]).softmax(-1)[0, targets[b]].item()
+            drops, sums = [], []
+            for square in squares[b]:
+                removed = torch.where(square, torch.zeros(()), images[b])[None]
+                drops.append(base - lite0(removed).softmax(-1)[0, targets[b]].item())
+                sums.append(float(maps[b][square].sum()))
+        d, s = np.array(drops), np.array(sums)
+        beta = (d * s).mean() / (s * s).mean()  # the optimal scaling of Yeh et al.'s infid_sen_utils.py
+        assert ours[b].item() == pytest.approx(((d - beta * s) ** 2).mean(), rel=1e-3)  # float32 probabilities
+    sizes = squares.flatten(2).sum(-1).double().sqrt()
+    assert set(sizes.unique().tolist()) <= {4.0, 8.0}
+    alone = infidelity(lite0, images[[3]], maps[[3]], targets[[3]], count=6, sizes=(4, 8), seed=2, **IDENTITY)
+    assert alone.item() == pytest.approx(infidelity(lite0, images, maps, targets, count=6, sizes=(4, 8), seed=2,
+                                                    **IDENTITY)[3].item(), rel=1e-5)
+    with torch.no_grad():  # a map that explains nothing leaves E[D^2]
+        zero = infidelity(lite0, images, torch.zeros_like(maps), targets, squares=squares, **IDENTITY)
+    assert bool((zero >= ours - 1e-12).all())
+
+
+def test_quantus_infidelity_depends_on_the_maps_scale(lite0, photos):  # noqa: F811
+    """Quantus 0.6 compares the drops with the raw sums, without the authors' optimal scaling: the same map
+    times 10 scores about 100 times worse. xbench scales each map optimally, as Yeh et al.'s code does."""
+    images, targets, maps = photos
+    metric = quantus.Infidelity(perturb_patch_sizes=[8], n_perturb_samples=1, perturb_baseline="black",
+                                normalise=False, abs=False, disable_warnings=True)
+
+    def run(scale):
+        return np.asarray(_quiet(metric, model=Grey(lite0).eval(), x_batch=images.numpy(), y_batch=targets.numpy(),
+                                 a_batch=(scale * maps[:, None]).numpy(), softmax=True))
+
+    assert (run(10.0) > 20 * run(1.0)).all()

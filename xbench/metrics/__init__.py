@@ -28,7 +28,7 @@ from .accuracy import accuracy_topk
 from .base import MetricInput, MetricOutput, column
 from .complexity import complexity, effective_complexity, sparseness
 from .confidence import average_drop_gain
-from .groups import faithfulness_estimate, irof, non_sensitivity, selectivity, sensitivity_n
+from .groups import faithfulness_estimate, infidelity, irof, non_sensitivity, selectivity, sensitivity_n
 from .localisation import (
     attribution_localisation,
     boxes_to_mask,
@@ -62,7 +62,7 @@ __all__ = [
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
-    "efficient_mprt", "non_sensitivity", "continuity",
+    "efficient_mprt", "non_sensitivity", "continuity", "infidelity",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -168,6 +168,15 @@ def score_sensitivity_n(inp: MetricInput) -> MetricOutput:
 def score_irof(inp: MetricInput) -> MetricOutput:
     r = irof(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std, batch_size=inp.chunk)
     return MetricOutput({"irof": r["score"]}, {"irof_curve": r["curve"]})
+
+
+@register_metric("infidelity", family="faithfulness", opt_in=True,
+                 description="mean squared gap between the drop when a random square is removed and the map's sum over "
+                 "it, the map optimally scaled; 64 squares of 4-16 px (down; opt-in)",
+                 columns={"infidelity": column("lower", percent=False)})
+def score_infidelity(inp: MetricInput) -> MetricOutput:
+    return MetricOutput({"infidelity": infidelity(inp.model, inp.images, inp.maps, inp.targets, mean=inp.mean,
+                                                  std=inp.std, batch_size=inp.chunk)})
 
 
 @register_metric("non_sensitivity", family="faithfulness", opt_in=True,

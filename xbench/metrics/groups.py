@@ -1,5 +1,5 @@
 """Faithfulness by removing groups of pixels, batched: faithfulness estimate, selectivity, sensitivity-n,
-IROF and non-sensitivity.
+IROF, infidelity and non-sensitivity.
 
 - Faithfulness estimate (Alvarez-Melis & Jaakkola, NeurIPS 2018): the pixels in descending order of
   saliency form `groups` groups; each group alone is replaced by the substrate colour; Pearson correlation
@@ -13,6 +13,9 @@ IROF and non-sensitivity.
 - IROF (Rieger & Hansen, 2020): SLIC superpixels of the image (scikit-image's `slic`, its defaults) in
   descending order of mean saliency are replaced one after the other by the image's mean grey (pixel
   space); the area over the curve of f(x_k) / f(x) over [0, 1] (higher is better).
+- Infidelity (Yeh et al., NeurIPS 2019): squares of the image removed one at a time; the mean squared
+  difference between the drop of f and the map's sum over the square, after the optimal scaling of the map
+  (as the authors' code computes it).
 - Non-sensitivity (Nguyen & Martinez, 2020): for each 8 x 8 cell, "the map is zero there" against "removing
   the cell alone does not move f": the share of cells where the two disagree (lower is better).
 
@@ -187,3 +190,44 @@ def non_sensitivity(model: nn.Module, images: torch.Tensor, saliency: torch.Tens
         1, cell_of.expand(b, -1), prepared.maps.flatten(1), reduce="amax")
     silent = peak < eps
     return with_nan_rows((unmoved ^ silent).double().mean(1), prepared.nonfinite)
+
+
+def random_squares(images: torch.Tensor, count: int, sizes, seed: int = 0) -> torch.Tensor:
+    """(B, count, H, W) bool: per image `count` squares, each of a size drawn from `sizes` (px, at most the image)
+    at a position drawn uniformly where it fits, from `seed` and the image's content."""
+    b, _, h, w = images.shape
+    out = torch.zeros(b, count, h, w, dtype=torch.bool)
+    for i, image in enumerate(images):
+        g = content_generator(image, seed)
+        side = torch.tensor([min(s, h, w) for s in sizes])[torch.randint(0, len(sizes), (count,), generator=g)]
+        top = (torch.rand(count, generator=g) * (h - side + 1)).long()
+        left = (torch.rand(count, generator=g) * (w - side + 1)).long()
+        for k in range(count):
+            out[i, k, top[k]:top[k] + side[k], left[k]:left[k] + side[k]] = True
+    return out.to(images.device)
+
+
+def infidelity(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
+               count: int = 64, sizes=(4, 8, 16), squares: torch.Tensor | None = None, seed: int = 0,
+               substrate=SUBSTRATE, mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size: int | None = None,
+               memory_budget_mb: float = 1024) -> torch.Tensor:
+    """(B,) infidelity (Yeh et al., NeurIPS 2019) with square perturbations I (each removes a square: the substrate
+    colour), after the optimal scaling of the authors' code: with S = sum of the map over the square and
+    D = f(x) - f(x without it), beta = E[D S] / E[S^2] and infidelity = E[(D - beta S)^2] (lower is better; a
+    map of any scale scores alike). `squares` (B, count, H, W) bool replaces the draw (`random_squares`). A map
+    zero on every square (beta undefined) scores E[D^2], what explaining nothing leaves."""
+    b, _, h, w = images.shape
+    targets = as_targets(targets, images)
+    prepared = scoring_maps(saliency, (h, w))
+    squares = random_squares(images, count, sizes, seed) if squares is None else squares.to(images.device).bool()
+    count = squares.shape[1]
+    fill = pixel_colour(substrate, mean, std, images)
+    probs = _probabilities(model, images, targets, count + 1,
+                           lambda i, k: (squares[i, (k - 1).clamp(min=0)] & (k > 0)[:, None, None])[:, None],
+                           fill, batch_size, memory_budget_mb)
+    drops = probs[:, :1] - probs[:, 1:]
+    sums = (prepared.maps.double()[:, None] * squares).flatten(2).sum(-1)
+    energy = (sums**2).mean(1)
+    beta = torch.where(energy > 0, (drops * sums).mean(1) / energy.clamp(min=1e-300), torch.zeros_like(energy))
+    value = ((drops - beta[:, None] * sums) ** 2).mean(1)
+    return with_nan_rows(value, prepared.nonfinite)
