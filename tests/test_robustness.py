@@ -155,15 +155,18 @@ def test_robustness_metrics_run_in_the_engine(tiny_run_setup, tmp_path):
     assert cells.loc[("random@cnn", "local_lipschitz"), "family"] == "robustness"
 
 
-@pytest.mark.parametrize("kind", ["input", "output"])
+@pytest.mark.parametrize("kind", ["input", "output", "representation"])
 def test_relative_stability_equals_quantus_on_the_same_noise(lite0, colour, monkeypatch, kind):  # noqa: F811
     images, targets = colour
     explain = gradient_saliency(lite0)
     base = explain(images, targets)
     drawn = _record(monkeypatch, "uniform")
-    cls = quantus.RelativeInputStability if kind == "input" else quantus.RelativeOutputStability
+    cls = {"input": quantus.RelativeInputStability, "output": quantus.RelativeOutputStability,
+           "representation": quantus.RelativeRepresentationStability}[kind]
+    # RRS: the penultimate features, the output of Lite0's global pool (the input of its classifier)
+    layers = {"layer_names": ["global_pool"]} if kind == "representation" else {}
     metric = cls(nr_samples=SAMPLES, perturb_func_kwargs={"upper_bound": 0.005, "lower_bound": -0.005},
-                 normalise=False, abs=False, disable_warnings=True)
+                 normalise=False, abs=False, disable_warnings=True, **layers)
     theirs = np.asarray(metric(model=lite0, x_batch=images.numpy(), y_batch=targets.numpy(),
                                a_batch=prepare(base, (SIZE, SIZE)).maps[:, None].numpy(),
                                explain_func=_for_quantus(explain), device="cpu"), dtype=float)

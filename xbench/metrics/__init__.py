@@ -212,15 +212,18 @@ def score_local_lipschitz(inp: MetricInput) -> MetricOutput:
 
 
 @register_metric("relative_stability", family="robustness", opt_in=True,
-                 description="relative input (RIS) and output (ROS) stability: the largest relative change of the map "
-                 "over the relative input change or the logit change, 10 inputs with +-0.05 noise (down; opt-in)",
+                 description="relative input, output and representation stability (RIS, ROS, RRS): the largest "
+                 "relative change of the map over the relative input change, the logit change or the relative change "
+                 "of the penultimate features, 10 inputs with +-0.05 noise (down; opt-in)",
                  columns={"relative_input_stability": column("lower", percent=False),
-                          "relative_output_stability": column("lower", percent=False)})
+                          "relative_output_stability": column("lower", percent=False),
+                          "relative_representation_stability": column("lower", percent=False)})
 def score_relative_stability(inp: MetricInput) -> MetricOutput:
     if inp.explain is None:
         return MetricOutput()
     r = relative_stability(inp.model, inp.explain, inp.images, inp.maps, inp.targets, mean=inp.mean, std=inp.std)
-    return MetricOutput({"relative_input_stability": r["input"], "relative_output_stability": r["output"]})
+    return MetricOutput({"relative_input_stability": r["input"], "relative_output_stability": r["output"],
+                         "relative_representation_stability": r["representation"]})
 
 
 @register_metric("continuity", family="robustness", opt_in=True,

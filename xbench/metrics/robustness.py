@@ -5,9 +5,9 @@
   ||e(x') - e(x)|| / ||e(x)|| (Frobenius norms; lower is better).
 - Local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018): over x' = x + g, g Gaussian with
   standard deviation `sigma` (pixel units), the largest ||e(x') - e(x)|| / ||x' - x|| (lower is better).
-- Relative input and output stability (Agarwal et al., 2022): the largest relative change of the map
-  over the relative change of the input (pixel units), or over the change of the logits, among the x'
-  that keep the prediction (lower is better).
+- Relative input, output and representation stability (Agarwal et al., 2022): the largest relative change of
+  the map over the relative change of the input (pixel units), the change of the logits, or the relative
+  change of the penultimate features, among the x' that keep the prediction (lower is better).
 - Continuity (Montavon et al., 2018): the largest L1 change of the map over the L2 change of the image
   among 28 horizontal translations of the image (lower is better).
 
@@ -96,19 +96,27 @@ def _relative_norm(change: torch.Tensor, reference: torch.Tensor, eps: float) ->
     return (change / reference).flatten(dims + 1).norm(dim=-1)
 
 
+def last_linear(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's last nn.Linear (its classifier, for the CNNs and transformers xbench builds), or None."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def relative_stability(model: torch.nn.Module, explain: Explain, images: torch.Tensor, saliency: torch.Tensor,
                        targets: torch.Tensor, samples: int = 10, radius: float = 0.05, mean=None, std=IMAGENET_STD,
                        noise: torch.Tensor | None = None, seed: int = 0, eps: float = 1e-6,
                        explain_batch: int | None = None) -> dict[str, torch.Tensor]:
-    """Relative input and output stability (Agarwal et al., 2022), per image: input, output (B,), the largest
-    over the perturbed inputs x' that keep the prediction of
+    """Relative input, output and representation stability (Agarwal et al., 2022), per image: input, output,
+    representation (B,), the largest over the perturbed inputs x' that keep the prediction of
 
-        ||(e(x) - e(x')) / e(x)|| / max(||(x - x') / x||, eps)   (RIS; x in pixel units)
-        ||(e(x) - e(x')) / e(x)|| / max(||h(x) - h(x')||, eps)     (ROS; h the logits, as Quantus 0.6)
+        ||(e(x) - e(x')) / e(x)|| / max(||(x - x') / x||, eps)        (RIS; x in pixel units)
+        ||(e(x) - e(x')) / e(x)|| / max(||h(x) - h(x')||, eps)          (ROS; h the logits, as Quantus 0.6)
+        ||(e(x) - e(x')) / e(x)|| / max(||(L(x) - L(x')) / L(x)||, eps) (RRS; L the input of the model's last
+                                                                         linear layer: its penultimate features)
 
-    zeros of e(x) and x replaced by `eps` where they divide; x' = x + uniform noise of +-`radius` pixel units
-    (`noise` (S, B, C, H, W) in the images' units replaces the draw). Lower is better. NaN where every x'
-    changes the prediction, or for a non-finite or constant map."""
+    zeros of e(x), x and L(x) replaced by `eps` where they divide; x' = x + uniform noise of +-`radius` pixel
+    units (`noise` (S, B, C, H, W) in the images' units replaces the draw). Lower is better. NaN where every x'
+    changes the prediction, for a non-finite or constant map, and (RRS) for a model without a linear layer."""
     mean = IMAGENET_MEAN if mean is None else mean
     targets = as_targets(targets, images)
     base = scoring_maps(saliency, tuple(images.shape[-2:]))
@@ -118,17 +126,31 @@ def relative_stability(model: torch.nn.Module, explain: Explain, images: torch.T
     explanation = _relative_norm(base.maps[None] - moved, base.maps, eps).double()
     pixels = denormalise(images, mean, std)
     inputs = _relative_norm(pixels[None] - denormalise(images[None] + noise, mean, std), pixels, eps).double()
-    with torch.no_grad():
-        logits = model(images).double()
-        perturbed = torch.stack([model(images + n) for n in noise]).double()  # (S, B, C)
+    captured: list[torch.Tensor] = []
+    classifier = last_linear(model)
+    hook = classifier.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().flatten(1))) \
+        if classifier is not None else None
+    try:
+        with torch.no_grad():
+            logits = model(images).double()
+            perturbed = torch.stack([model(images + n) for n in noise]).double()  # (S, B, C)
+    finally:
+        if hook is not None:
+            hook.remove()
     outputs = (logits[None] - perturbed).norm(dim=-1)
     kept = (perturbed.argmax(-1) == logits.argmax(-1)[None])
+    denominators = {"input": inputs, "output": outputs}
+    if captured:
+        features = captured[0].double()
+        denominators["representation"] = _relative_norm(features[None] - torch.stack(captured[1:]).double(), features,
+                                                        eps)
     out = {}
-    for name, denominator in (("input", inputs), ("output", outputs)):
+    for name, denominator in denominators.items():
         ratio = explanation / denominator.clamp(min=eps)
         ratio = torch.where(kept, ratio, torch.full_like(ratio, float("nan")))
         best = torch.where(kept.any(0), ratio.nan_to_num(-math.inf).max(0).values, torch.full_like(ratio[0], float("nan")))
         out[name] = with_nan_rows(best.float(), base.nonfinite | base.degenerate)
+    out.setdefault("representation", torch.full_like(out["input"], float("nan")))
     return out
 
 
