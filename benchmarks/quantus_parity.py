@@ -46,6 +46,7 @@ from xbench.metrics import (
     sensitivity,
     top_k_intersection,
 )
+from xbench.metrics.localisation import quadrant_share
 from xbench.metrics.saliency import prepare
 from xbench.metrics.sanity import random_logit
 
@@ -99,6 +100,8 @@ def main() -> None:
         targets = model(colour).argmax(1)
     maps = torch.rand(n, size, size, device=device)
     regions = maps.flip(1) > 0.5
+    mosaic_maps = torch.rand(n, 2 * size, 2 * size, device=device)
+    chosen = torch.stack([torch.randperm(4) < 2 for _ in range(n)]).to(device)
     explain = gradient_explainer(model)
     base = explain(colour, targets)
     prepared = prepare(base, (size, size)).maps
@@ -172,6 +175,11 @@ def main() -> None:
         ("top-k intersection", "map only, k 1000",
          lambda: top_k_intersection(maps, regions), lambda: quantus.TopKIntersection(k=1000, **flat)(**q_maps)),
         ("AUC", "map only", lambda: localisation_auc(maps, regions), lambda: quantus.AUC(**flat)(**q_maps)),
+        ("focus (on given mosaics)", "map only, 2x2 mosaics",
+         lambda: quadrant_share(mosaic_maps, chosen),
+         lambda: quantus.Focus(**flat)(model=None, x_batch=np.repeat(mosaic_maps[:, None].cpu().numpy(), 3, 1),
+                                       y_batch=y, a_batch=mosaic_maps[:, None].cpu().numpy(),
+                                       custom_batch=chosen.cpu().numpy().astype(float), device="cpu")),
     ]
     seconds = {name: ([], []) for name, *_ in rows}
     with warnings.catch_warnings():

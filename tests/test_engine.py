@@ -218,3 +218,25 @@ def test_the_cascade_randomises_top_down_and_restores_the_weights():
     again.maps(lambda: first.append(again.model.fc.weight.clone()) or torch.zeros(1, 2, 2))
     cascade.maps(lambda: first.append(cascade.model.fc.weight.clone()) or torch.zeros(1, 2, 2))
     assert torch.equal(first[0], first[len(cascade.names)])  # seeded: the same draws every time
+
+
+def test_focus_tiles_each_image_with_partners_drawn_from_the_dataset(tiny_run_setup):
+    from xbench.datasets import build_dataset
+
+    base, overrides = tiny_run_setup
+    dataset = build_dataset(load_config([], overrides).dataset, "test")
+    labels = [r.label for r in dataset.records]
+    for index in range(len(dataset)):
+        same, first, second = dataset.mosaic_partners(index)
+        assert same != index and labels[same] == labels[index]
+        assert len({labels[first], labels[second], labels[index]}) == 3
+        assert dataset.mosaic_partners(index) == (same, first, second)  # drawn from the index: no batch involved
+    out = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,random,centre", "evaluate.metrics=focus"]),
+                   out=base / "focus", progress=False)
+    rows = load_results(out)[0]
+    assert rows["focus"].between(0, 1).all()
+    assert abs(rows.loc[rows["method"] == "random@cnn", "focus"].mean() - 0.5) < 0.1  # noise: half the quadrants
+    with pytest.raises(ValueError, match="tiles each image with other images"):
+        xbench.evaluate_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)),
+                              torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), methods=["random"], metrics=["focus"],
+                              progress=False)

@@ -118,3 +118,27 @@ def test_each_image_scores_alone_as_in_the_batch(scored):
         torch.testing.assert_close(alone, together, equal_nan=True)
     together = effective_complexity(maps)
     torch.testing.assert_close(torch.cat([effective_complexity(maps[[i]]) for i in range(len(maps))]), together)
+
+
+def test_focus_equals_quantus_on_the_same_mosaics(lite0, photos):  # noqa: F811
+    from xbench.metrics.localisation import focus, mosaics, quadrant_share
+
+    images, targets, _ = photos
+    colour = images.expand(-1, 3, -1, -1).contiguous()
+    partners = torch.stack([colour[[(b + 1) % 4, (b + 2) % 4, (b + 3) % 4]] for b in range(4)])  # (4, 3, 3, S, S)
+    explain = gradient_saliency(lite0)
+    tiled, order = mosaics(colour, partners, seed=0)
+    assert tiled.shape == (4, 3, 2 * SIZE, 2 * SIZE)
+    assert torch.equal(tiled[0, :, :SIZE, :SIZE], torch.cat([colour[:1], partners[0]])[order[0, 0]])
+    maps = prepare(explain(tiled, targets), (2 * SIZE, 2 * SIZE)).maps
+    chosen = order < 2  # the image and its class's partner
+    theirs = quantus.Focus(normalise=False, abs=False, disable_warnings=True)(
+        model=lite0, x_batch=tiled.numpy(), y_batch=targets.numpy(), a_batch=maps[:, None].numpy(),
+        custom_batch=chosen.numpy().astype(float), device="cpu")
+    np.testing.assert_allclose(quadrant_share(maps, chosen).numpy(), theirs, rtol=1e-6)
+    ours = focus(explain, colour, partners, targets, seed=0)
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5)
+    flat = torch.ones_like(maps)
+    assert quadrant_share(flat, chosen).numpy() == pytest.approx(0.5)  # a uniform map: half the quadrants
+    alone = focus(explain, colour[[2]], partners[[2]], targets[[2]], seed=0)
+    assert alone.item() == pytest.approx(ours[2].item(), rel=1e-5)

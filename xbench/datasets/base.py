@@ -212,6 +212,23 @@ class ImageDataset(torch.utils.data.Dataset):
                 sample = self.transform(sample)
         return self._finish(sample, index, rec.label, original)
 
+    def mosaic_partners(self, index: int, seed: int = 0) -> tuple[int, int, int] | None:
+        """Three other samples to tile with sample `index` in a Focus mosaic: one of its class, then one each of two
+        other classes, drawn from `seed` and `index` alone; None when the data has no such samples."""
+        by_class: dict[int, list[int]] = {}
+        for i, record in enumerate(self.records):
+            by_class.setdefault(record.label, []).append(i)
+        label = self.records[index].label
+        same = [i for i in by_class.get(label, []) if i != index]
+        others = sorted(c for c in by_class if c != label)
+        if not same or len(others) < 2:
+            return None
+        rng = np.random.default_rng([seed, index])
+        first, second = rng.choice(len(others), size=2, replace=False)
+        pick = [same[rng.integers(len(same))], *(by_class[others[c]][rng.integers(len(by_class[others[c]]))]
+                                                   for c in (first, second))]
+        return int(pick[0]), int(pick[1]), int(pick[2])
+
     def intervened(self, index: int, remove: tuple[str, ...] = (), swap: dict[str, int] | None = None) -> dict:
         """Sample `index` re-rendered with parts or distractors removed and attribute parts swapped (synthetic
         data: `synth.Scenes.render`), through the transform `__getitem__` applies, so that without

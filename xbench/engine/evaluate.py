@@ -26,7 +26,7 @@ from ..methods.classes import class_index_map
 from ..metrics import column_table
 from .artefacts import FigureArtefacts
 from .methods import adopt_normalisation, load_evaluated_model, parse_methods
-from .scoring import BatchScorer, resolve_target, scene_source, selected_metrics
+from .scoring import BatchScorer, mosaic_source, resolve_target, scene_source, selected_metrics
 from .store import ResultStore, concat_ragged
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ class Evaluator:
                                   tags={"dataset": cfg.dataset.name, "split": self.split},
                                   label_maps={n: m.label_map for n, m in models.items()},
                                   class_names={n: m.classes.names for n, m in models.items() if m.classes},
-                                  data_classes=dataset.classes, scenes=self.scenes)
+                                  data_classes=dataset.classes, scenes=self.scenes,
+                                  partners=mosaic_source(dataset, self.metrics, cfg.seed))
         self.artefacts = FigureArtefacts.seeded(indices, ev.saliency_samples, cfg.seed, cfg.dataset.mean,
                                                 cfg.dataset.std, ev.top_k)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -78,6 +78,40 @@ def resolve_target(protocol: str, target: str | None) -> str:
     return target
 
 
+def _once(compute: Callable):
+    """`compute()` on the first call, its result on every later one."""
+    done: list = []
+
+    def value():
+        if not done:
+            done.append(compute())
+        return done[0]
+
+    return value
+
+
+def mosaic_source(dataset, metrics: list[str], seed: int = 0):
+    """`partners(index, size)` for the metrics that tile mosaics (Focus), None if none does: each sample's three
+    partners (`ImageDataset.mosaic_partners`) read through the dataset's transform, resized to `size`."""
+    if not needing(metrics, "mosaics"):
+        return None
+    import torch.nn.functional as F
+
+    def partners(index: list[int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles, found = [], []
+        for i in index:
+            picks = dataset.mosaic_partners(i, seed)
+            samples = [dataset[j] for j in picks] if picks is not None else []
+            ok = len(samples) == 3 and all(isinstance(s, dict) for s in samples)
+            images = [F.interpolate(s["image"][None], size=size, mode="bilinear", align_corners=False)[0]
+                      for s in samples] if ok else [torch.zeros(3, *size)] * 3
+            tiles.append(torch.stack(images))
+            found.append(ok)
+        return torch.stack(tiles), torch.tensor(found)
+
+    return partners
+
+
 def _cascade_maps(cascade: RandomisationCascade, compute) -> callable:
     """`randomised_maps(last_only=False)` for one method and batch: the cascade runs once, whichever metrics
     ask (a full cascade also serves the last step)."""
@@ -125,6 +159,7 @@ class _Batch:
     boxes: torch.Tensor | None
     index: list[int]  # each sample's index in the split
     figure: list[int]  # positions in the batch of the samples figures show
+    partners: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None  # Focus mosaics' partner images, loaded once
 
 
 @dataclass
@@ -150,17 +185,20 @@ class BatchScorer:
     method label; `tags` go into every row (dataset, split). `label_maps` gives, per model, the
     output of each data class (default: the same index); `class_names` the models' output names
     and `data_classes` the data's, for readable rows; `scenes` re-renders synthetic samples for the
-    metrics that need interventions (`scene_source`)."""
+    metrics that need interventions (`scene_source`); `partners(index, size)` gives the Focus mosaics'
+    partner images of the batch's samples ((B, 3, C, H, W), (B,) found; `mosaic_source`)."""
 
     def __init__(self, models: dict[str, nn.Module], methods: list[Method], metrics: list[str], *, target: str,
                  protocol: str, mean, std, device: torch.device, memory_budget_mb: float = 1024,
                  explainer_options: dict[str, dict] | None = None, seed: int = 0, tags: dict[str, Any] | None = None,
                  label_maps: dict[str, list[int]] | None = None, class_names: dict[str, list[str]] | None = None,
-                 data_classes: list[str] | None = None, scenes: SceneSource | None = None):
+                 data_classes: list[str] | None = None, scenes: SceneSource | None = None,
+                 partners: Callable[[list[int], tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.models, self.methods, self.metrics = models, methods, metrics
         if needing(metrics, "interventions") and scenes is None:
             scene_source(None, metrics)  # raises, naming the metrics
         self.scenes = scenes
+        self.partners = partners
         self.label_maps = {n: torch.as_tensor(m, device=device) for n, m in (label_maps or {}).items()}
         self.class_names, self.data_classes = class_names or {}, data_classes
         self.target, self.protocol, self.mean, self.std = target, protocol, mean, std
@@ -198,7 +236,8 @@ class BatchScorer:
         index = batch["index"].tolist()
         figure = artefacts.positions(index) if artefacts is not None else []
         scale = batch["scale"].to(device) if "scale" in batch else None
-        shared = _Batch(images, batch["label"].to(device), scale, regions, boxes, index, figure)
+        shared = _Batch(images, batch["label"].to(device), scale, regions, boxes, index, figure,
+                        _once(lambda: self.partners(index, (h, w))) if self.partners is not None else None)
         if artefacts is not None:
             artefacts.images(batch, index, figure)
         scenes = SceneBatch(self.scenes, index, shared.labels, device) if self.scenes is not None else None
@@ -242,7 +281,8 @@ class BatchScorer:
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
                           randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer,
-                          interventions=run.interventions, num_classes=run.num_classes)
+                          interventions=run.interventions, num_classes=run.num_classes,
+                          mosaic_partners=shared.partners)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)

@@ -23,6 +23,8 @@ table aggregates it (`mean`, `class_mean`, or a `curve` reduced by the leaderboa
 
 from __future__ import annotations
 
+import torch
+
 from ..registry import METRICS, register_metric
 from .accuracy import accuracy_topk
 from .base import MetricInput, MetricOutput, column
@@ -35,6 +37,7 @@ from .localisation import (
     centre_pointing_game,
     class_mean,
     energy_pointing_game,
+    focus,
     localisation_auc,
     mass_accuracy,
     max_box_accuracy,
@@ -62,7 +65,7 @@ __all__ = [
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
-    "efficient_mprt", "non_sensitivity", "continuity", "infidelity",
+    "efficient_mprt", "non_sensitivity", "continuity", "infidelity", "focus",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -297,6 +300,20 @@ def score_top_k_intersection(inp: MetricInput) -> MetricOutput:
                  columns={"auc_{region}": column("higher")})
 def score_auc(inp: MetricInput) -> MetricOutput:
     return MetricOutput({f"auc_{n}": localisation_auc(inp.localisation_maps, r) for n, r in inp.regions.items()})
+
+
+@register_metric("focus", family="localisation", opt_in=True, needs="mosaics",
+                 description="share of the map of a 2x2 mosaic (the image, one of its class, two of other classes) in the "
+                 "quadrants of the image's class (up; opt-in)",
+                 columns={"focus": column("higher")})
+def score_focus(inp: MetricInput) -> MetricOutput:
+    if inp.mosaic_partners is None or inp.explain is None:
+        raise ValueError("focus tiles each image with other images of its dataset: evaluate it with xbench evaluate "
+                         "on a dataset with at least three classes")
+    partners, found = inp.mosaic_partners()
+    labels = torch.where(inp.labels >= 0, inp.labels, inp.targets)
+    value = focus(inp.explain, inp.images, partners, labels)
+    return MetricOutput({"focus": torch.where(found.to(value.device), value, torch.full_like(value, float("nan")))})
 
 
 @register_metric("max_box_accuracy", family="localisation",

@@ -37,6 +37,9 @@ class MetricInput:
     # synthetic data: the batch's re-rendered part interventions and this model's logits on them (causal family)
     interventions: PartInterventions | None = None
     num_classes: int | None = None  # the model's outputs
+    # Focus: () -> (B, 3, C, H, W) partner images for each image's mosaic (one of its class, two of other classes)
+    # and (B,) whether the data had them; None where the data cannot provide partners
+    mosaic_partners: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def localisation_maps(self) -> torch.Tensor:

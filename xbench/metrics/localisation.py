@@ -19,6 +19,9 @@ here) and return per-sample values; dataset-level numbers are aggregates of thos
 - `localisation_auc`: the area under the ROC curve of the map's values as a score for "inside the
   region" (Fawcett 2006), ties counted half: 0.5 for a map unrelated to the region, 1 for one whose every
   inside pixel outranks every outside pixel; NaN where the region is empty or the whole image.
+- `focus`: Arias-Duart et al. (2022): the image tiled in a 2 x 2 mosaic with another image of its class and
+  two of other classes (quadrants shuffled per image), the mosaic explained for the image's class; the share
+  of the map in the two quadrants of that class (0.5 for a uniform map, 1 when it marks only them).
 - `max_box_accuracy`: Choe et al. CVPR 2020 as their official code (clovaai/wsolevaluation,
   `BoxEvaluator`) computes it: the map becomes uint8(255 s); at each threshold tau in
   arange(0, 1, 0.01) the pixels strictly above int(tau * its maximum) are kept; OpenCV's contours
@@ -251,3 +254,38 @@ def class_mean(values: np.ndarray, labels: np.ndarray) -> float:
     values, labels = np.asarray(values, float), np.asarray(labels)
     finite = np.isfinite(values)
     return aggregate("class_mean", values[finite], labels[finite])
+
+
+def mosaics(images: torch.Tensor, partners: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mosaics (B, C, 2H, 2W), tile (B, 4): which tile (0: the image, 1-3: partners (B, 3, C, H, W)) each
+    quadrant (top left, top right, bottom left, bottom right) holds), the order drawn from `seed` and each
+    image's content."""
+    from ..seeds import content_generator
+
+    b, c, h, w = images.shape
+    tiles = torch.cat([images[:, None], partners.to(images)], 1)  # (B, 4, C, H, W)
+    order = torch.stack([torch.randperm(4, generator=content_generator(image, seed)) for image in images]).to(images.device)
+    placed = tiles.gather(1, order.view(b, 4, 1, 1, 1).expand(-1, -1, c, h, w))
+    top, bottom = torch.cat([placed[:, 0], placed[:, 1]], -1), torch.cat([placed[:, 2], placed[:, 3]], -1)
+    return torch.cat([top, bottom], -2), order
+
+
+def quadrant_share(maps: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(B,) share of each (B, 2H, 2W) map's positive mass in the quadrants `chosen` (B, 4) bool marks (Quantus's
+    Focus, the same 1e-9 in its denominator)."""
+    b, hh, ww = maps.shape
+    h, w = hh // 2, ww // 2
+    positive = maps.double().clamp(min=0)
+    sums = torch.stack([positive[:, :h, :w], positive[:, :h, w:], positive[:, h:, :w], positive[:, h:, w:]], 1)
+    sums = sums.flatten(2).sum(-1)  # (B, 4)
+    return (sums * chosen).sum(1) / (positive.flatten(1).sum(1) + 1e-9)
+
+
+def focus(explain, images: torch.Tensor, partners: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(B,) Focus: each image tiled with `partners` (B, 3, C, H, W), the first of the image's class and the other two
+    of two other classes; the mosaic explained for `targets` (B,), the image's class, its map prepared at the
+    mosaic's size; the share of the map in the two quadrants of that class (higher is better)."""
+    tiled, order = mosaics(images, partners, seed)
+    same_class = (order < 2).to(images.device)  # tile 0 is the image, tile 1 its class's partner
+    prepared = scoring_maps(explain(tiled, targets), tuple(tiled.shape[-2:]))
+    return with_nan_rows(quadrant_share(prepared.maps, same_class).float(), prepared.nonfinite)
