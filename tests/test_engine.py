@@ -240,3 +240,12 @@ def test_focus_tiles_each_image_with_partners_drawn_from_the_dataset(tiny_run_se
         xbench.evaluate_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)),
                               torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), methods=["random"], metrics=["focus"],
                               progress=False)
+
+
+def test_smooth_mprt_runs_on_the_randomised_copy(tiny_run_setup):
+    base, overrides = tiny_run_setup
+    out = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,random", "evaluate.metrics=smooth_mprt"]),
+                   out=base / "smprt", progress=False)
+    rows = load_results(out)[0].set_index("method")
+    assert np.allclose(rows.loc["random@cnn", "smooth_mprt"], 1.0)  # noise maps ignore the weights
+    assert rows.loc["gradcam@cnn", "smooth_mprt"].between(-1, 1).all()

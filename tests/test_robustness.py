@@ -317,3 +317,32 @@ def test_quantus_continuity_fails_when_a_translation_blanks_the_image(lite0, col
                a_batch=prepare(base, (SIZE, SIZE)).maps[:, None].numpy(), explain_func=_for_quantus(explain),
                device="cpu")
     assert bool(continuity(explain, images, base, targets, steps=8, mean=(0, 0, 0), std=(1, 1, 1)).isfinite().all())
+
+
+def test_smooth_mprt_is_the_spearman_of_noise_averaged_maps_written_out(lite0, colour):  # noqa: F811
+    import copy
+
+    from scipy.stats import spearmanr
+
+    from xbench.metrics.robustness import pixel_noise
+    from xbench.metrics.sanity import smooth_mprt
+
+    images, targets = colour
+    explain = gradient_saliency(lite0)
+    other = copy.deepcopy(lite0)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(parameter.numel()))
+    random_explain = gradient_saliency(other)
+    randomised = lambda last_only, images_, targets_: [random_explain(images_, targets_)]  # noqa: E731
+    ours = smooth_mprt(explain, randomised, images, targets, samples=3, sigma=0.1, std=(1, 1, 1))
+    noise = pixel_noise(images, 3, 0, (1, 1, 1), lambda shape, g: torch.randn(shape, generator=g) * 0.1)
+    for b in range(len(images)):
+        trained = torch.stack([prepare(explain(images[[b]] + n[[b]], targets[[b]]), (SIZE, SIZE)).maps[0] for n in noise])
+        random = torch.stack([prepare(random_explain(images[[b]] + n[[b]], targets[[b]]), (SIZE, SIZE)).maps[0]
+                              for n in noise])
+        expected = spearmanr(trained.mean(0).flatten().numpy(), random.mean(0).flatten().numpy()).statistic
+        assert ours[b].item() == pytest.approx(expected, abs=1e-3)  # float32 ties may differ
+    same = smooth_mprt(explain, lambda last_only, images_, targets_: [explain(images_, targets_)], images, targets,
+                       samples=3, std=(1, 1, 1))
+    np.testing.assert_allclose(same.numpy(), 1.0, atol=1e-6)  # maps the weights do not move: 1

@@ -112,18 +112,21 @@ def mosaic_source(dataset, metrics: list[str], seed: int = 0):
     return partners
 
 
-def _cascade_maps(cascade: RandomisationCascade, compute) -> callable:
-    """`randomised_maps(last_only=False)` for one method and batch: the cascade runs once, whichever metrics
-    ask (a full cascade also serves the last step)."""
+def _cascade_maps(cascade: RandomisationCascade, explainer, images: torch.Tensor, targets: torch.Tensor) -> Callable:
+    """`randomised_maps(last_only=False, images=None, targets=None)` for one method and batch: the randomised
+    copy's maps of the batch (the cascade runs once whichever metrics ask: a full cascade also serves the last
+    step), or of other `images` for `targets` (sMPRT's noisy copies), computed afresh."""
     done: dict[str, list] = {}
 
-    def maps(last_only: bool = False) -> list:
+    def maps(last_only: bool = False, images_: torch.Tensor | None = None, targets_: torch.Tensor | None = None):
+        if images_ is not None:
+            return cascade.maps(lambda: explainer(images_, targets_), last_only=last_only)
         if "all" in done:
             return done["all"][-1:] if last_only else done["all"]
         if last_only:
-            done.setdefault("last", cascade.maps(compute, last_only=True))
+            done.setdefault("last", cascade.maps(lambda: explainer(images, targets), last_only=True))
             return done["last"]
-        done["all"] = cascade.maps(compute)
+        done["all"] = cascade.maps(lambda: explainer(images, targets))
         return done["all"]
 
     return maps
@@ -276,7 +279,7 @@ class BatchScorer:
         randomised = None
         if method.label in self.randomised:
             cascade, other = self.randomised[method.label]
-            randomised = _cascade_maps(cascade, lambda: other(shared.images, run.targets))
+            randomised = _cascade_maps(cascade, other, shared.images, run.targets)
         inp = MetricInput(model=run.model, images=shared.images, maps=prepared.maps, targets=run.targets,
                           labels=run.labels, regions=shared.regions, boxes=shared.boxes,
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,

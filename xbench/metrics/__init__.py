@@ -55,7 +55,14 @@ from .removal import (
     road,
 )
 from .robustness import continuity, local_lipschitz, relative_stability, sensitivity
-from .sanity import RandomisationCascade, cascade_similarity, efficient_mprt, parameter_randomisation, random_logit
+from .sanity import (
+    RandomisationCascade,
+    cascade_similarity,
+    efficient_mprt,
+    parameter_randomisation,
+    random_logit,
+    smooth_mprt,
+)
 
 __all__ = [
     "accuracy_topk", "insertion_deletion", "average_drop_gain", "pointing_game", "centre_pointing_game",
@@ -65,7 +72,7 @@ __all__ = [
     "faithfulness_correlation", "monotonicity", "monotonicity_correlation", "sensitivity", "local_lipschitz",
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
-    "efficient_mprt", "non_sensitivity", "continuity", "infidelity", "focus",
+    "efficient_mprt", "non_sensitivity", "continuity", "infidelity", "focus", "smooth_mprt",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -366,6 +373,17 @@ def score_efficient_mprt(inp: MetricInput) -> MetricOutput:
     if inp.randomised_maps is None:
         return MetricOutput()
     return MetricOutput({"efficient_mprt": efficient_mprt(inp.maps, inp.randomised_maps(last_only=True)[-1])})
+
+
+@register_metric("smooth_mprt", family="sanity", opt_in=True, needs="randomisation",
+                 description="Spearman between the maps of the trained and the fully re-initialised model, each averaged "
+                 "over 10 noisy copies of the image (down; opt-in)",
+                 columns={"smooth_mprt": column("lower", percent=False)})
+def score_smooth_mprt(inp: MetricInput) -> MetricOutput:
+    if inp.randomised_maps is None or inp.explain is None:
+        return MetricOutput()
+    return MetricOutput({"smooth_mprt": smooth_mprt(inp.explain, inp.randomised_maps, inp.images, inp.targets,
+                                                    std=inp.std)})
 
 
 @register_metric("random_logit", family="sanity", opt_in=True,

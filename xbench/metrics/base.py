@@ -27,7 +27,7 @@ class MetricInput:
     protocol: str  # insertion/deletion protocol (PROTOCOLS): step and blur kernel
     chunk: int
     # the explainer's maps (B, h, w) after each step of the model's randomisation cascade (top block first);
-    # called with last_only=True, only after the whole cascade
+    # last_only=True: only after the whole cascade; images_, targets_: of other inputs (e.g. noisy copies)
     randomised_maps: Callable[..., list[torch.Tensor]] | None = None
     # Localisation is scored on maps of the true class, whatever class `targets` names (default: `maps`).
     label_maps: torch.Tensor | None = None

@@ -1,5 +1,5 @@
 """Sanity checks: do the maps depend on the weights (model-parameter randomisation, cascading, and its
-efficient variant) and on the class (random logit)?
+efficient and smooth variants) and on the class (random logit)?
 
 Model-parameter randomisation (Adebayo et al. 2018), cascading:
 
@@ -181,3 +181,25 @@ def efficient_mprt(maps_trained: torch.Tensor, maps_randomised: torch.Tensor, bi
     before, after = discrete_entropy(trained.maps, bins), discrete_entropy(randomised.maps, bins)
     rise = torch.where(before > 0, (after - before) / before.clamp(min=1e-12), torch.full_like(before, float("nan")))
     return with_nan_rows(rise.float(), trained.nonfinite | randomised.nonfinite)
+
+
+def smooth_mprt(explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                randomised: Callable[..., list[torch.Tensor]], images: torch.Tensor, targets: torch.Tensor,
+                samples: int = 10, sigma: float = 0.1, std=(0.229, 0.224, 0.225), seed: int = 0) -> torch.Tensor:
+    """(B,) smooth MPRT (Hedström et al., 2023): Spearman between the trained model's map and the fully
+    re-initialised model's map, each averaged over `samples` copies of the image with Gaussian noise of `sigma`
+    pixel units (the same copies for both; drawn from `seed` and the image), which removes the noise both maps
+    share; lower is better. `randomised(last_only=True, images_=..., targets_=...)` explains inputs with the
+    randomised model (the engine's cascade)."""
+    from .robustness import perturbed_maps, pixel_noise
+
+    b, _, h, w = images.shape
+    noise = pixel_noise(images, samples, seed, std, lambda shape, g: torch.randn(shape, generator=g) * sigma)
+    trained = perturbed_maps(explain, images, targets, noise).mean(0)
+    stacked = (images[None] + noise).flatten(0, 1)
+    raw = randomised(last_only=True, images_=stacked, targets_=targets.repeat(samples))[-1]
+    moved = scoring_maps(raw, (h, w))
+    random_mean = moved.maps.view(samples, b, h, w).mean(0)
+    broken = moved.nonfinite.view(samples, b).any(0)
+    rho = parameter_randomisation(trained, random_mean)
+    return torch.where(broken.to(rho.device), torch.full_like(rho, float("nan")), rho)
