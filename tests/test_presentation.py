@@ -29,12 +29,11 @@ from xbench.report.figures import (
     draw_heads,
     draw_qualitative,
     draw_rank_heatmap,
-    method_styles,
-    overlapping_texts,
     short_class_names,
 )
 from xbench.report.html import WEB_WIDTH
 from xbench.report.leaderboard import LATEX_PACKAGES, headline_metrics, to_latex
+from xbench.report.style import method_styles, overlapping_texts
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MODELS = ("cnn", "ca_stream", "intr", "vit_small")

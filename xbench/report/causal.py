@@ -198,11 +198,9 @@ def part_importance_table(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> 
 
 def draw_part_importance(table: pd.DataFrame):
     """One panel per method: each part's share of the model's logit drop (grey) and of the map (colour)."""
-    import matplotlib.pyplot as plt
+    from .style import DOUBLE, apply_style, method_styles, plt  # pyplot with the Agg backend selected
 
-    from .figures import DOUBLE, _style, method_styles
-
-    _style()
+    apply_style()
     methods = list(dict.fromkeys(table["method"]))
     styles = method_styles(methods)
     cols = min(4, len(methods))
@@ -233,11 +231,9 @@ def draw_part_importance(table: pd.DataFrame):
 
 def draw_agreement(table: pd.DataFrame):
     """Each metric's rho with single deletion across methods and across images, with 95% intervals."""
-    import matplotlib.pyplot as plt
+    from .style import DOUBLE, apply_style, plt  # pyplot with the Agg backend selected
 
-    from .figures import DOUBLE, _style
-
-    _style()
+    apply_style()
     fig, axes = plt.subplots(1, 2, figsize=(DOUBLE, 0.6 + 0.14 * len(table)), sharey=True, layout="constrained")
     y = np.arange(len(table))
     labels = [f"{m} {d}" for m, d in zip(table["metric"], table["direction"])]
@@ -297,7 +293,7 @@ def causal_tables(run_dir: str | Path, resamples: int = 1000, seed: int = 0) -> 
 
 def causal_figures(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
     """meta_agreement and part_importance (PNG and PDF) in `out_dir`."""
-    from .figures import save_figure
+    from .style import save_figure
 
     out_dir = Path(out_dir)
     paths = save_figure(draw_agreement(tables["agreement"]), out_dir, "meta_agreement")

@@ -14,10 +14,9 @@ that saves it (PNG + PDF) and returns the paths:
 - explanation: what `xbench explain` computed for one image;
 - roar: ROAR/KAR accuracy after retraining against the fraction of pixels removed.
 
-Methods keep one look across figures (`method_styles`): a colour family per model, shades, line
-styles and markers within it, greys for the baselines, so 24 methods stay apart. Layouts are
-constrained, labels are horizontal or vertical, never slanted, and long class names are shortened
-with a legend, so no text overlaps another (`overlapping_texts` checks a figure).
+Methods keep one look across figures (style.py: `method_styles`). Layouts are constrained, labels are
+horizontal or vertical, never slanted, and long class names are shortened with a legend, so no text
+overlaps another (`style.overlapping_texts` checks a figure).
 """
 
 from __future__ import annotations
@@ -28,79 +27,24 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot loads (style.py says the same for the figures drawn elsewhere)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
 
+from .causal import causal_figures, causal_tables, has_causal  # noqa: E402
 from .leaderboard import ARROW, Leaderboard, bootstrap_weights  # noqa: E402
-
-SINGLE, DOUBLE = 3.3, 6.9  # column widths in inches (two-column paper)
-BASELINES = ("random", "centre", "uniform")
-MODEL_COLOURS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "YlOrBr", "PuRd", "GnBu")
-LINESTYLES = ("-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)))
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-PNG_DPI = 200
-
-
-def _style() -> None:
-    sns.set_theme(context="paper", style="whitegrid", font_scale=0.9)
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": PNG_DPI, "pdf.fonttype": 42, "axes.titlesize": 8,
-                         "figure.constrained_layout.h_pad": 0.02, "figure.constrained_layout.w_pad": 0.02})
-
-
-def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
-    """`name`.png and `name`.pdf in `out_dir`; closes the figure."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    fig.savefig(paths[0], bbox_inches="tight", pil_kwargs={"optimize": True})
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
-def method_styles(methods: list[str]) -> dict[str, dict]:
-    """Per method (explainer@model): color, linestyle, marker. Each model has a colour family and its
-    methods take shades of it with their own line style and marker; baselines are grey and dotted."""
-    models = list(dict.fromkeys(m.split("@")[-1] for m in methods if m.split("@")[0] not in BASELINES))
-    styles = {}
-    for k, model in enumerate(models):
-        mine = [m for m in methods if m.split("@")[-1] == model and m.split("@")[0] not in BASELINES]
-        cmap = plt.get_cmap(MODEL_COLOURS[k % len(MODEL_COLOURS)])
-        shades = np.linspace(0.9, 0.45, len(mine)) if len(mine) > 1 else [0.75]
-        for i, (method, shade) in enumerate(zip(mine, shades)):
-            styles[method] = {"color": cmap(shade), "linestyle": LINESTYLES[i % len(LINESTYLES)],
-                              "marker": MARKERS[(i + k) % len(MARKERS)]}
-    baselines = [m for m in methods if m not in styles]
-    for i, (method, grey) in enumerate(zip(baselines, np.linspace(0.25, 0.65, max(len(baselines), 1)))):
-        styles[method] = {"color": (grey, grey, grey, 1.0), "linestyle": ":", "marker": MARKERS[-1 - i % len(MARKERS)]}
-    return styles
-
-
-def overlapping_texts(fig: Figure, tolerance: float = 0.5) -> list[tuple[str, str]]:
-    """Pairs of visible, non-empty texts of `fig` whose drawn boxes overlap by more than `tolerance`
-    pixels in both directions (the labels of ticks outside an axis' limits are not drawn: skipped)."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    undrawn = set()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            low, high = sorted(axis.get_view_interval())
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                if tick.get_loc() is None or not low - 1e-9 <= tick.get_loc() <= high + 1e-9:
-                    undrawn |= {id(tick.label1), id(tick.label2)}
-    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in undrawn]
-    boxes = [t.get_window_extent(renderer) for t in texts]
-    pairs = []
-    for i in range(len(texts)):
-        for j in range(i + 1, len(texts)):
-            a, b = boxes[i], boxes[j]
-            if min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance and min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance:
-                pairs.append((texts[i].get_text(), texts[j].get_text()))
-    return pairs
+from .style import (  # noqa: E402
+    BASELINES,
+    DOUBLE,
+    PNG_DPI,
+    SINGLE,
+    apply_style,
+    method_styles,
+    save_figure,
+)
 
 
 def _bootstrap_band(curves: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +87,7 @@ CURVE_PANELS = {
 
 def draw_curves(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> Figure:
     """One panel per stored curve of CURVE_PANELS, two per row: each method's mean with a 95% band."""
-    _style()
+    apply_style()
     methods = list(dict.fromkeys(rows["method"]))
     styles = method_styles(methods)
     panels = [key for key in CURVE_PANELS if key in curves] or ["insertion_curve", "deletion_curve"]
@@ -187,7 +131,7 @@ def curves_figure(rows: pd.DataFrame, curves: dict[str, np.ndarray], out_dir: Pa
 
 
 def draw_dotplot(board: Leaderboard) -> Figure:
-    _style()
+    apply_style()
     metrics = board.metrics()
     methods = board.methods()
     cols = min(4, len(metrics))
@@ -239,7 +183,7 @@ def rank_text(value: float) -> str:
 
 
 def draw_rank_heatmap(board: Leaderboard) -> Figure:
-    _style()
+    apply_style()
     ranks = rank_table(board)
     annotations = np.vectorize(rank_text, otypes=[str])(ranks.to_numpy(float))
     fig, ax = plt.subplots(figsize=(DOUBLE, 1.6 + 0.16 * len(ranks)), layout="constrained")
@@ -289,7 +233,7 @@ def _disagreement(maps: dict, sample: int, methods: list[str]) -> float:
 
 def draw_qualitative(maps: dict, methods: list[str], fixed: int = 4, disagreed: int = 2, seed: int = 0) -> Figure:
     """Rows: `fixed` seeded images then the `disagreed` whose maps differ most; columns: methods."""
-    _style()
+    apply_style()
     samples = _samples(maps)
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(samples, size=min(fixed, len(samples)), replace=False).tolist())
@@ -354,7 +298,7 @@ def draw_heads(maps: dict, model: str = "intr", sample: int | None = None,
                class_names: list[str] | None = None) -> Figure | None:
     """Rows: the true class and the top-k predictions; columns: each head, then their mean. None when the
     store holds no per-head maps of `model`."""
-    _style()
+    apply_style()
     keys = sorted(k for k in maps if k.startswith(f"heads|{model}|"))
     if not keys:
         return None
@@ -392,7 +336,7 @@ def intr_heads_figure(maps: dict, out_dir: Path, model: str = "intr", sample: in
 def draw_explanation(explanation) -> Figure:
     """An `xbench.engine.explain.Explanation`: the image, the method's map, the top-k classes (names
     wrapped, never cut) and, for models with per-head attention, each head's map for every top-k class."""
-    _style()
+    apply_style()
     image, saliency, top, heads = explanation.image, explanation.saliency, explanation.top_k, explanation.heads
     cell = DOUBLE / 5
     chars = int(cell * 72 / (0.55 * 6))  # characters of a 6 pt line across one image
@@ -443,7 +387,7 @@ def explanation_figure(explanation, out: str | Path) -> Path:
 def draw_roar(table: pd.DataFrame) -> Figure:
     """ROAR/KAR (`xbench.engine.roar` rows): test accuracy after retraining against the fraction of
     pixels removed, one panel per mode, the reference run (nothing removed) at 0 on every line."""
-    _style()
+    apply_style()
     modes = [m for m in ("roar", "kar") if m in set(table["mode"])]
     reference = table[table["mode"] == "none"]
     methods = list(dict.fromkeys(table.loc[table["mode"] != "none", "method"]))
@@ -479,7 +423,6 @@ def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: 
     agreement and part-importance figures (from `causal`, the run's `causal_tables`, when given)."""
     from ..engine.store import load_models
     from . import leaderboard_of, load_results
-    from .causal import causal_figures, causal_tables, has_causal
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "figures"
