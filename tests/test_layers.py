@@ -66,8 +66,34 @@ def test_no_function_of_a_lower_layer_imports_an_upper_one(layer):
     assert {k: v for k, v in offending.items() if v} == {}
 
 
+def _package_files(under: str = "") -> list[Path]:
+    return sorted((PACKAGE / under).rglob("*.py"))
+
+
+def _names_from_the_root(path: Path) -> list[str]:
+    """What a file takes from the package root (`from .. import x`, `import xbench`) instead of its module."""
+    def is_module(name: str) -> bool:
+        parts = name.split(".")[1:]
+        return (PACKAGE.joinpath(*parts).with_suffix(".py").exists() or PACKAGE.joinpath(*parts).is_dir())
+    return [n for n in _imports_of(path) if n == "xbench" or (n.count(".") == 1 and not is_module(n))]
+
+
+def test_no_module_imports_the_package_root():
+    # The root only re-exports; a module that imports it depends on everything the root imports.
+    offending = {str(p.relative_to(PACKAGE)): _names_from_the_root(p) for p in _package_files()
+                 if p != PACKAGE / "__init__.py"}
+    assert {k: v for k, v in offending.items() if v} == {}
+
+
+def test_the_engine_never_imports_the_reports():
+    offending = {str(p.relative_to(PACKAGE)): _reached(set(_imports_of(p)), ("xbench.report",))
+                 for p in _package_files("engine")}
+    assert {k: v for k, v in offending.items() if v} == {}
+
+
 def test_reports_never_reach_the_engine_or_the_models():
-    offending = {str(path.relative_to(PACKAGE)): _reached(set(_imports_of(path)), ("xbench.engine", "xbench.methods"))
+    offending = {str(path.relative_to(PACKAGE)): _reached(set(_imports_of(path)),
+                                                          ("xbench.engine", "xbench.methods", "xbench.metrics"))
                  for path in (PACKAGE / "report").glob("*.py")}
     # The store is the layer reports read; nothing else of the engine.
     assert {k: [m for m in v if m != "xbench.engine.store"] for k, v in offending.items()} == {

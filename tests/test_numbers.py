@@ -17,7 +17,7 @@ from xbench.config import load_config
 from xbench.datasets import collate
 from xbench.engine.evaluate import evaluate, evaluation_indices
 from xbench.engine.store import ResultStore, StoreMismatch, load_results
-from xbench.metrics import pointing_game
+from xbench.metrics import column_table, pointing_game
 from xbench.report import build_leaderboard, leaderboard_of, to_markdown
 
 from .conftest import HALF, TINY_INTR
@@ -130,7 +130,7 @@ def test_bold_is_a_one_sided_test_of_worse_than_the_best():
     random = np.zeros(n)  # never above 0
     rows = pd.DataFrame({"method": ["best@m"] * n + ["uniform@m"] * n + ["random@m"] * n,
                          "index": np.tile(np.arange(n), 3), "gain": np.r_[best, uniform, random]})
-    cells = build_leaderboard(rows, {}).cells.set_index("method")
+    cells = build_leaderboard(rows, {}, column_table()).cells.set_index("method")
     for name, values in (("uniform@m", uniform), ("random@m", random)):
         expected = wilcoxon(best, values, zero_method="wilcox", alternative="greater", method="exact").pvalue
         assert cells.loc[name, "p_value"] == pytest.approx(expected)

@@ -21,6 +21,7 @@ from PIL import Image
 from xbench.config import load_config
 from xbench.engine.evaluate import evaluate
 from xbench.engine.explain import Explanation
+from xbench.metrics import column_table
 from xbench.report import build_leaderboard, full_report, terminal_table
 from xbench.report.figures import (
     draw_curves,
@@ -82,7 +83,7 @@ def synthetic_run(n_methods: int, samples: int = 24, seed: int = 0):
 @pytest.fixture(scope="module", params=[4, 12, 24], ids=lambda n: f"{n}_methods")
 def synthetic(request):
     rows, curves, maps = synthetic_run(request.param)
-    return request.param, rows, curves, maps, build_leaderboard(rows, curves, resamples=200)
+    return request.param, rows, curves, maps, build_leaderboard(rows, curves, column_table(), resamples=200)
 
 
 def _no_overlap(fig):
@@ -293,7 +294,7 @@ def test_tensorboard_holds_every_cell_and_the_headline(tmp_path):
     from xbench.report import write_tensorboard
 
     rows, curves, _ = synthetic_run(6)
-    board = build_leaderboard(rows, curves, resamples=200)
+    board = build_leaderboard(rows, curves, column_table(), resamples=200)
     out = write_tensorboard(board, tmp_path / "tensorboard")
     scored = board.cells[~board.cells["reference"]]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(scored["method"].unique())

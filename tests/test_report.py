@@ -18,6 +18,7 @@ from xbench.config import load_config
 from xbench.engine.evaluate import evaluate
 from xbench.engine.explain import explain_image
 from xbench.engine.store import load_results
+from xbench.metrics import column_table
 from xbench.report import (
     all_figures,
     build_leaderboard,
@@ -41,7 +42,7 @@ def run(tiny_run_setup):
 @pytest.fixture(scope="module")
 def board(run):
     rows, curves = load_results(run)
-    return build_leaderboard(rows, curves)
+    return build_leaderboard(rows, curves, column_table())
 
 
 def _cell(board, method, metric):
@@ -200,10 +201,10 @@ def test_leaderboard_of_bare_rows_fills_in_the_bookkeeping():
     rng = np.random.default_rng(0)
     rows = pd.DataFrame({"method": ["a@m"] * 20 + ["b@m"] * 20,
                          "insertion": np.r_[rng.uniform(0.6, 0.9, 20), rng.uniform(0.1, 0.4, 20)]})
-    board = build_leaderboard(rows, {})
+    board = build_leaderboard(rows, {}, column_table())
     cells = board.cells.set_index("method")
     assert cells.loc["a@m", "mean"] == pytest.approx(rows["insertion"][:20].mean())
     assert bool(cells.loc["a@m", "bold"]) and not bool(cells.loc["b@m", "bold"])  # paired by sample order
     assert wide_table(board, "plain").loc[0, "acc@1"] == ""  # unknown accuracy is left blank
     with pytest.raises(ValueError, match="need a 'method' column"):
-        build_leaderboard(rows.drop(columns="method"), {})
+        build_leaderboard(rows.drop(columns="method"), {}, column_table())

@@ -8,14 +8,14 @@ Public API::
     explainer = xbench.build_explainer("gradcam", model, **overrides)
     maps = explainer(images, targets)        # (B, h, w) float, >= 0
     result = xbench.evaluate_model(model, images, labels, methods=["gradcam", "rise"])   # any nn.Module
-    result.rows, result.leaderboard()
+    result.rows; xbench.report.build_leaderboard(result.rows, result.curves, result.columns)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .config import check_builder_options
+from .factory import build_explainer, build_model
 from .registry import (
     DATASETS,
     EXPLAINERS,
@@ -26,8 +26,7 @@ from .registry import (
     register_metric,
     register_model,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "build_model", "load_model", "build_explainer", "evaluate_model", "list_models", "list_explainers", "list_metrics", "list_datasets",
@@ -51,12 +50,6 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def build_model(name: str, num_classes: int, **overrides: Any):
-    """A registered model (an nn.Module returning logits (B, num_classes)) built with `overrides`."""
-    entry = MODELS.get(name)
-    return entry.factory(num_classes=num_classes, **check_builder_options(entry.factory, overrides))
-
-
 def load_model(path, **kwargs: Any):
     """The model a checkpoint file holds (an xbench checkpoint, a timm/torchvision state dict for `cnn`,
     an official INTR file, ...) and the file's description of it: (nn.Module, dict). Keywords: expect,
@@ -66,16 +59,9 @@ def load_model(path, **kwargs: Any):
     return load(path, **kwargs)
 
 
-def build_explainer(name: str, model, **overrides: Any):
-    """A registered explainer bound to `model`: callable (images, targets) -> (B, h, w) maps >= 0."""
-    entry = EXPLAINERS.get(name)
-    options = check_builder_options(entry.factory, {"model": model, **overrides}, section=f"explainer {name}")
-    return entry.factory(**options)
-
-
 def evaluate_model(model, data, labels=None, **options: Any):
     """Score the explanations of an `nn.Module` on in-memory data through the engine's per-batch code;
-    returns an EvaluationResult (`.rows`, `.leaderboard()`). See xbench.engine.in_memory.evaluate_model."""
+    returns an EvaluationResult (`.rows`, `.curves`, `.columns`). See xbench.engine.in_memory.evaluate_model."""
     from .engine.in_memory import evaluate_model as evaluate
 
     return evaluate(model, data, labels, **options)

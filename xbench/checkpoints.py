@@ -146,7 +146,7 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
 def checkpoint_payload(model: torch.nn.Module, model_name: str, num_classes: int, class_names: list[str],
                        config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The dict `save_checkpoint` writes for a model (plus `extra`: epoch, optimizer, ...)."""
-    from . import __version__
+    from .version import __version__
 
     raw = getattr(model, "module", model)  # unwrap DistributedDataParallel
     options = dict(getattr(raw, "arch_options", config.get("model", {})))

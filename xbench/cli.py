@@ -31,7 +31,7 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: C
 
 def _version(show: bool) -> None:
     if show:
-        from . import __version__
+        from .version import __version__
 
         typer.echo(f"xbench {__version__}")
         raise typer.Exit()

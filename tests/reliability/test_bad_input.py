@@ -21,6 +21,7 @@ from xbench.datasets.synth import SynthSettings, generate
 from xbench.engine.evaluate import evaluate
 from xbench.engine.store import load_results
 from xbench.methods.explainer import Explainer
+from xbench.metrics import column_table
 from xbench.registry import EXPLAINERS, register_explainer
 from xbench.report import build_leaderboard
 from xbench.report.html import leaderboard_table
@@ -174,7 +175,7 @@ def test_degenerate_maps_never_crash_and_nonfinite_rows_are_flagged_not_averaged
     metrics = ["insertion", "deletion", "drop", "gain", "pointing_game_box", "mass_accuracy_parts", "sparseness"]
     assert rows.loc[bad, metrics].isna().all().all()
     assert rows.loc[~bad, metrics].notna().all().all()
-    board = build_leaderboard(rows.drop(columns="kind"), curves)
+    board = build_leaderboard(rows.drop(columns="kind"), curves, column_table())
     cell = board.cells[board.cells["metric"] == "insertion"].iloc[0]
     assert cell["n_nonfinite"] == bad.sum() and cell["n"] == (~bad).sum()
     assert cell["mean"] == pytest.approx(rows.loc[~bad, "insertion"].mean())
@@ -186,5 +187,5 @@ def test_degenerate_maps_never_crash_and_nonfinite_rows_are_flagged_not_averaged
     assert f">{scored}</td>" in leaderboard_table(board)
     assert "faulty_test_maps@cnn †" in leaderboard_table(board, ["insertion"], ranks=False)
     assert "†" in TABLE_NOTE
-    clean = build_leaderboard(rows.drop(columns="kind").assign(nonfinite=False), curves)
+    clean = build_leaderboard(rows.drop(columns="kind").assign(nonfinite=False), curves, column_table())
     assert wide_table(clean, "plain").loc[0, "method"] == "faulty_test_maps@cnn"  # no mark when all were scored

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import distributed as D
 from ..config import Config
 from ..datasets import build_dataset, make_loader
 from ..datasets.base import stratified_subset
+from ..distributed import Context, barrier, init_distributed, shutdown
 from ..methods.classes import class_index_map
 from ..metrics import column_table
 from .artefacts import FigureArtefacts
@@ -74,9 +74,9 @@ def evaluation_indices(labels: list[int], limit: int | None, seed: int) -> list[
 
 
 class Evaluator:
-    def __init__(self, cfg: Config, out: str | Path | None = None, progress: bool = True, ctx: D.Context | None = None):
+    def __init__(self, cfg: Config, out: str | Path | None = None, progress: bool = True, ctx: Context | None = None):
         self.cfg, self.progress = cfg, progress
-        self.ctx = ctx or D.init_distributed()
+        self.ctx = ctx or init_distributed()
         self.out = Path(out or cfg.evaluate.out or Path("results") / cfg.dataset.name)
         self.store = ResultStore(self.out)
         ev = cfg.evaluate
@@ -119,7 +119,7 @@ class Evaluator:
                 self.store.prepare(self.fingerprint(dataset, indices), self.cfg.to_yaml(exclude=("model", "train")),
                                    column_table(self.metrics), {n: m.describe() for n, m in self.models.items()},
                                    fresh=fresh, device=ctx.device)
-            D.barrier(ctx)
+            barrier(ctx)
             done = self.store.done_shards()
             todo = [s for s in range(len(shards)) if s not in done]
             if ctx.is_main and done:
@@ -140,7 +140,7 @@ class Evaluator:
                                             "command again to resume from the next one") from None
                 finally:
                     bar.close()
-            D.barrier(ctx)
+            barrier(ctx)
             if ctx.is_main:
                 summary = {"dataset": self.cfg.dataset.name, "split": self.split, "samples": len(indices),
                            "methods": [m.label for m in self.methods], "metrics": self.metrics,
@@ -192,8 +192,8 @@ def evaluate(cfg: Config, *, out: str | Path | None = None, fresh: bool = False,
              progress: bool = True, device: str | None = None) -> Path:
     """Score every method of `cfg.evaluate` on the evaluation split; returns the results directory.
     `device`: cpu, cuda or cuda:N (default: CUDA when present)."""
-    ctx = D.init_distributed(device)
+    ctx = init_distributed(device)
     try:
         return Evaluator(cfg, out, progress, ctx).run(fresh=fresh, wait=wait)
     finally:
-        D.shutdown(ctx)
+        shutdown(ctx)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import build_explainer
 from ..config import Config, config_from_dict
 from ..datasets import build_transform, load_rgb
 from ..datasets.transforms import as_tv_sample, denormalise
 from ..distributed import resolve_device
+from ..factory import build_explainer
 from ..methods.classes import model_classes
 from ..methods.loading import load_model
 from ..metrics.saliency import prepare

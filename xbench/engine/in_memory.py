@@ -3,13 +3,13 @@ model and images), through the same per-batch code as `xbench evaluate`. Nothing
 
     result = xbench.evaluate_model(model, images, labels, methods=["gradcam", "rise"])
     result.rows            # one row per (sample, method): the columns of results.csv
-    result.leaderboard()   # means, bootstrap CIs and paired tests, as `xbench leaderboard`
+    xbench.report.build_leaderboard(result.rows, result.curves, result.columns)   # as `xbench leaderboard`
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,12 +35,6 @@ class EvaluationResult:
     rows: pd.DataFrame
     curves: dict[str, np.ndarray]
     columns: dict[str, dict]
-
-    def leaderboard(self, **options: Any):
-        """The leaderboard `xbench leaderboard` would print for these rows (options: resamples, seed, alpha)."""
-        from ..report.leaderboard import build_leaderboard
-
-        return build_leaderboard(self.rows, self.curves, self.columns, **options)
 
 
 def evaluate_model(model: nn.Module, data, labels=None, *, methods: Sequence[str] = ("gradcam",),

@@ -27,14 +27,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import build_explainer, load_model
 from ..config import Config
 from ..datasets import TrainingData, build_dataset, holdout, make_loader
 from ..datasets.base import Skipped
 from ..datasets.transforms import pixel_colour
 from ..distributed import resolve_device
+from ..factory import build_explainer
 from ..files import atomic_write, atomic_write_text
 from ..methods.classes import class_index_map
+from ..methods.loading import load_model
 from ..metrics.saliency import descending_order, positions, prepare
 from ..train.trainer import train
 from .methods import adopt_normalisation, load_evaluated_model, parse_methods

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import build_explainer
 from ..datasets.base import split_padded
+from ..factory import build_explainer
 from ..metrics import REGIONS, MetricInput, RandomisationCascade, boxes_to_mask
 from ..metrics.accuracy import accuracy_topk
 from ..metrics.causal import PartInterventions, SceneBatch, SceneSource

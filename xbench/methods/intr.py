@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
+from ..factory import build_model
 from ..registry import register_model
 from .backbones import (
     CLASSIFIER_PREFIXES,
@@ -262,8 +263,6 @@ def _load_detr(model: INTR, path: str) -> None:
 
 def from_detr(path: str | Path, num_classes: int, model: str = "intr", **options) -> INTR:
     """INTR (or ICN) for `num_classes`, initialised from a DETR-R50 checkpoint."""
-    from .. import build_model
-
     return build_model(model, num_classes, detr_weights=str(path), **options)
 
 
@@ -276,7 +275,6 @@ def read_official(ckpt: dict, source: str, num_classes: int | None = None, optio
     """An official INTR or ICN checkpoint already read (the `reads_foreign` converter of both); the
     architecture comes from the file's 'args', so `options` are not used. Variants xbench does not
     build (pre-norm, learned positions) are refused."""
-    from .. import build_model
     from .loading import describe_family
 
     state = state_dict_of(ckpt)

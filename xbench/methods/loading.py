@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import INIT_OPTIONS, CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
+from ..factory import build_model
 from ..registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ def _check_pinned(ckpt: dict, path, options: dict, pinned: set[str]) -> None:
 
 
 def _from_xbench(ckpt: dict, path, expect: str | None, num_classes: int | None, reinit_head: bool) -> nn.Module:
-    from .. import build_model
-
     name = ckpt["model_name"]
     if expect is not None and name != expect:
         raise CheckpointError(f"{path} holds a {name!r} model, not the {expect!r} model asked for")
@@ -106,8 +105,6 @@ def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
         )
     model = reader(ckpt, str(path), None if reinit_head else num_classes, options)
     if reinit_head and num_classes is not None and num_classes != _class_count(model):
-        from .. import build_model
-
         arch = {k: v for k, v in getattr(model, "arch_options", {}).items() if k not in INIT_OPTIONS}
         fresh = build_model(family, num_classes=num_classes, **arch)
         load_matching(fresh, model.state_dict(), source=str(path))

@@ -80,13 +80,6 @@ def with_bookkeeping(rows: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def registered_columns() -> dict[str, dict]:
-    """Column information from the metric registry, for rows that do not come from a store."""
-    from ..metrics import column_table
-
-    return column_table()
-
-
 def bootstrap_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """(resamples, n) multiplicities of n samples drawn with replacement."""
     return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
@@ -142,17 +135,17 @@ def method_values(rows: pd.DataFrame, mine: pd.DataFrame, curves: dict[str, np.n
     return mine.loc[ok, column].to_numpy(float), mine.loc[ok, "label"].to_numpy(), mine.loc[ok, "index"].to_numpy()
 
 
-def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns: dict[str, dict] | None = None,
+def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns: dict[str, dict],
                       dataset: str | None = None, resamples: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> Leaderboard:
     """The leaderboard of one run's rows and curves (see module docstring). `columns` says how each
-    metric column is read (a store's columns.json); by default the metric registry says.
+    metric column is read: a store's columns.json (`engine.store.load_columns`), an in-memory evaluation's
+    `columns`, or `xbench.metrics.column_table()` for rows of xbench's metrics made elsewhere.
 
     `rows` need a `method` column and metric columns; the bookkeeping columns of results.csv are
     filled in where missing: `index` (the sample; default: its order within the method), `label`
     (its class, for per-class means; default: one class), `model` (from `explainer@model`),
     `nonfinite` (False), `acc1`/`acc5` (unknown), `dataset` ('')."""
-    columns = columns if columns is not None else registered_columns()
     rows = with_bookkeeping(rows)
     dataset = dataset or (str(rows["dataset"].iloc[0]) if len(rows) else "")
     by_method = dict(tuple(rows.groupby("method", sort=False)))

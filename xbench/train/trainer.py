@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .. import build_model
-from .. import distributed as D
 from ..checkpoints import INIT_OPTIONS, checkpoint_payload, load_checkpoint, save_checkpoint
 from ..config import Config, TrainConfig, check_builder_options, flatten
 from ..datasets import TrainingData, make_loader, training_data
+from ..distributed import Context, EpochSampler, ShardSampler, all_sum, init_distributed, shutdown
+from ..factory import build_model
 from ..files import atomic_write_json
 from ..metrics.accuracy import accuracy_topk
 from ..provenance import record_provenance
@@ -148,10 +148,10 @@ def _tuples(value):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, ctx: D.Context | None = None, progress: bool = True,
+    def __init__(self, cfg: Config, ctx: Context | None = None, progress: bool = True,
                  data: TrainingData | None = None):
         self.cfg, self.progress, self.data = cfg, progress, data
-        self.ctx = ctx or D.init_distributed()
+        self.ctx = ctx or init_distributed()
         self.run_dir = cfg.run_dir()
         self.requested = cfg.to_dict()  # the settings as asked for, before the model's own replace model.*
         self.stop_requested = False
@@ -174,12 +174,12 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.takes_pad_mask = "pad_mask" in inspect.signature(self.model.forward).parameters
-        self.sampler = D.EpochSampler(len(self.train_set), cfg.seed, ctx.rank, ctx.world_size)
+        self.sampler = EpochSampler(len(self.train_set), cfg.seed, ctx.rank, ctx.world_size)
         self.loader = make_loader(self.train_set, cfg.train.batch_size, sampler=self.sampler, drop_last=False,
                                   num_workers=cfg.dataset.num_workers, seed=cfg.seed)
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.batch_size)
         self.val_loader = make_loader(self.val_set, cfg.train.batch_size, num_workers=cfg.dataset.num_workers,
-                                      sampler=D.ShardSampler(len(self.val_set), ctx.rank, ctx.world_size))
+                                      sampler=ShardSampler(len(self.val_set), ctx.rank, ctx.world_size))
         self.optimizer = build_optimizer(self.model, cfg.train)
         factors = [lr_factor(cfg.train, self.steps_per_epoch, g["lr"]) for g in self.optimizer.param_groups]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factors)
@@ -308,7 +308,7 @@ class Trainer:
 
     def _should_stop(self, state) -> bool:
         stop = self.stop_requested or (self.cfg.train.max_steps is not None and state["step"] >= self.cfg.train.max_steps)
-        return bool(D.all_sum(self.ctx, [float(stop)])[0]) if self.ctx.distributed else stop
+        return bool(all_sum(self.ctx, [float(stop)])[0]) if self.ctx.distributed else stop
 
     def _train_epoch(self, state: dict, writer) -> bool:
         """One epoch from state['step_in_epoch']; False if it stopped early (state is then resumable)."""
@@ -395,7 +395,7 @@ class Trainer:
             correct1 += hits["acc1"].sum().item()
             correct5 += hits["acc5"].sum().item()
             count += len(labels)
-        correct1, correct5, count = D.all_sum(self.ctx, [correct1, correct5, count])
+        correct1, correct5, count = all_sum(self.ctx, [correct1, correct5, count])
         return correct1 / max(count, 1), correct5 / max(count, 1)
 
     # -------------------------------------------------------------------- files
@@ -497,8 +497,8 @@ def train(cfg: Config, *, resume: bool = False, fresh: bool = False, allow_chang
     """Train `cfg.model` on `cfg.dataset` with `cfg.train`; returns the run summary. `device`: cpu,
     cuda or cuda:N (default: CUDA when present). `data` replaces the datasets `cfg.dataset` names
     (ROAR trains on images with pixels removed)."""
-    ctx = D.init_distributed(device)
+    ctx = init_distributed(device)
     try:
         return Trainer(cfg, ctx, progress, data).fit(resume=resume, fresh=fresh, allow_changes=allow_changes)
     finally:
-        D.shutdown(ctx)
+        shutdown(ctx)
