@@ -285,7 +285,7 @@ class BatchScorer:
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
                           randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer,
                           interventions=run.interventions, num_classes=run.num_classes,
-                          mosaic_partners=shared.partners)
+                          mosaic_partners=shared.partners, predictions=run.pred)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)

@@ -27,6 +27,7 @@ import torch
 
 from ..registry import METRICS, register_metric
 from .accuracy import accuracy_topk
+from .agreement import explanation_signatures
 from .base import MetricInput, MetricOutput, column
 from .complexity import complexity, effective_complexity, sparseness
 from .confidence import average_drop_gain
@@ -73,6 +74,7 @@ __all__ = [
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
     "efficient_mprt", "non_sensitivity", "continuity", "infidelity", "focus", "smooth_mprt",
+    "explanation_signatures",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -198,6 +200,19 @@ def score_non_sensitivity(inp: MetricInput) -> MetricOutput:
                                                             mean=inp.mean, std=inp.std, batch_size=inp.chunk)})
 
 
+def _signatures(inp: MetricInput) -> MetricOutput:
+    predictions = inp.predictions if inp.predictions is not None else inp.model(inp.images).argmax(1)
+    return MetricOutput(curves={"explanation_signature": explanation_signatures(inp.maps, predictions)})
+
+
+@register_metric("sufficiency", family="faithfulness", opt_in=True,
+                 description="share of the other images with a nearby map (standardised distance within 0.6 of the "
+                 "largest) that get the same prediction; over the evaluated set (up; opt-in)",
+                 columns={"sufficiency": column("higher", "sufficiency", curve="explanation_signature")})
+def score_sufficiency(inp: MetricInput) -> MetricOutput:
+    return _signatures(inp)
+
+
 @register_metric("sensitivity", family="robustness", opt_in=True,
                  description="Max- and Avg-Sensitivity: ||e(x') - e(x)|| / ||e(x)|| over 10 inputs with uniform "
                  "noise of +-0.05 pixel units (down; opt-in)",
@@ -245,6 +260,14 @@ def score_continuity(inp: MetricInput) -> MetricOutput:
         return MetricOutput()
     return MetricOutput({"continuity": continuity(inp.explain, inp.images, inp.maps, inp.targets, mean=inp.mean,
                                                   std=inp.std)})
+
+
+@register_metric("consistency", family="robustness", opt_in=True,
+                 description="share of the other images whose map points to the same two of 4x4 cells that get the "
+                 "same prediction; over the evaluated set (up; opt-in)",
+                 columns={"consistency": column("higher", "consistency", curve="explanation_signature")})
+def score_consistency(inp: MetricInput) -> MetricOutput:
+    return _signatures(inp)
 
 
 @register_metric("pointing_game", family="localisation",

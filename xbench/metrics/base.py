@@ -40,6 +40,7 @@ class MetricInput:
     # Focus: () -> (B, 3, C, H, W) partner images for each image's mosaic (one of its class, two of other classes)
     # and (B,) whether the data had them; None where the data cannot provide partners
     mosaic_partners: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    predictions: torch.Tensor | None = None  # (B,) the model's predicted classes (default: computed when needed)
 
     @property
     def localisation_maps(self) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """Leaderboards from a results store: means, bootstrap CIs, paired tests, bold, ranks.
 
 For every method (explainer@model) and metric column: the aggregate the metric declares
-(`mean`, `class_mean` = mean of per-class means, or MaxBoxAcc from per-threshold hits), a 95%
+(`mean`, `class_mean` = mean of per-class means, MaxBoxAcc from per-threshold hits, or a set-level
+sufficiency/consistency from explanation signatures; see xbench.aggregate), a 95%
 percentile-bootstrap confidence interval over samples (seeded, 1,000 resamples, the same
 aggregate recomputed), and a one-sided Wilcoxon signed-rank test of "worse than the best
 method" on the same samples (zero differences dropped), Holm-corrected over the methods of that
 column. The best method and every method not significantly worse (adjusted p >= 0.05) are
-bold; MaxBoxAcc (a best threshold over the whole dataset) has no per-sample test. Ranks are
+bold; the set-level aggregates (MaxBoxAcc's best threshold over the whole dataset, sufficiency and
+consistency) have no per-sample test. Ranks are
 per column (ties share the average rank) and averaged per metric family (faithfulness,
 localisation, complexity), not over every correlated column. Rows whose map was non-finite are
 left out of the aggregate and counted in `n_nonfinite`. Tables show values in [0, 1] as
@@ -24,13 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..aggregate import aggregate, weighted_aggregate
+from ..aggregate import PER_SAMPLE, aggregate, weighted_aggregate
 
 ARROW = {"higher": "↑", "lower": "↓"}
 TABLE_NOTE = ("Mean [95% bootstrap interval] per method. Bold: the best method, and every method not "
               "significantly worse than it: one-sided Wilcoxon signed-rank test on paired samples (zero "
-              "differences dropped), Holm-corrected over the methods of a column, alpha 0.05; MaxBoxAcc is "
-              "not tested. Rank columns: the mean rank (1 = best) over a metric family's columns. Scored: the "
+              "differences dropped), Holm-corrected over the methods of a column, alpha 0.05; set-level "
+              "columns (MaxBoxAcc, sufficiency, consistency) are not tested. Rank columns: the mean rank (1 = best) "
+              "over a metric family's columns. Scored: the "
               "images whose map was finite; a method marked † failed (NaN/inf map) on the others, and its "
               "means are over the images it scored.")
 PARTIAL = " †"  # marks a method that scored fewer images than the run holds
@@ -170,14 +173,14 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns
         best = max(stats, key=lambda m: sign * stats[m]["mean"])
         pvalues = {}
         for method in stats:
-            if method == best or kind == "curve":
+            if method == best or kind not in PER_SAMPLE:
                 continue
             pvalues[method] = paired_p_worse(data[best], data[method], direction)
         adjusted = _holm(pvalues)
         ranks = pd.Series({m: v["mean"] for m, v in stats.items()}).rank(ascending=direction == "lower")
         for method, s in stats.items():
             p = adjusted.get(method, 1.0 if method == best else 0.0)
-            bold = method == best or (kind != "curve" and p >= alpha)
+            bold = method == best or (kind in PER_SAMPLE and p >= alpha)
             cells.append({"dataset": dataset, "method": method, "metric": column, "direction": direction,
                           "aggregate": kind, "family": info["family"], "scale": _scale(info), **s,
                           "p_value": pvalues.get(method, float("nan")), "p_holm": p,
