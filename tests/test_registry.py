@@ -78,3 +78,18 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path):
     run = subprocess.run([sys.executable, "-m", "xbench.cli", "list"], env=env, capture_output=True, text=True)
     assert run.returncode == 0
     assert "plugin 'broken'" in run.stderr and "failed to load" in run.stderr
+
+
+def test_every_built_in_metric_and_column_is_documented_in_docs_metrics():
+    from pathlib import Path
+
+    from xbench.registry import METRICS
+
+    docs = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    built_in = [METRICS.get(name) for name in METRICS.names()
+                if METRICS.get(name).factory.__module__.startswith("xbench.")]
+    assert len(built_in) > 40
+    missing = [e.name for e in built_in if f"`{e.name}`" not in docs]
+    missing += [f"{e.name}.{c}" for e in built_in for c in e.meta.get("columns", {}) if f"`{c}`" not in docs
+                and c != e.name]
+    assert missing == [], f"not in docs/metrics.md: {missing}"

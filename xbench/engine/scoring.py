@@ -16,7 +16,7 @@ from torch import nn
 
 from ..datasets.base import split_padded
 from ..factory import build_explainer
-from ..metrics import REGIONS, MetricInput, RandomisationCascade, boxes_to_mask
+from ..metrics import INPUT_SHIFT, REGIONS, MetricInput, RandomisationCascade, boxes_to_mask, shift_compensated
 from ..metrics.accuracy import accuracy_topk
 from ..metrics.causal import PartInterventions, SceneBatch, SceneSource
 from ..metrics.forward import chunk_size
@@ -217,6 +217,18 @@ class BatchScorer:
             self.randomised = {m.label: (cascades[m.model], build_explainer(m.explainer, cascades[m.model].model,
                                                                             **self.options[m.label]))
                                for m in methods}
+        self.shifts_inputs = bool(needing(metrics, "shift"))
+        self.shifted = {}  # model name -> its shift-compensated copy, built on the first batch (the probe)
+        self.shifted_explainers = {}  # method label -> its explainer on that copy
+
+    def _shifted_explainer(self, method: Method, images: torch.Tensor):
+        """The method's explainer on its model's shift-compensated copy (input invariance)."""
+        if method.label not in self.shifted_explainers:
+            if method.model not in self.shifted:
+                self.shifted[method.model] = shift_compensated(self.models[method.model], images[:1], INPUT_SHIFT)
+            self.shifted_explainers[method.label] = build_explainer(method.explainer, self.shifted[method.model],
+                                                                    **self.options[method.label])
+        return self.shifted_explainers[method.label]
 
     def score(self, batch: dict, rows: list, curves: dict, artefacts: FigureArtefacts | None = None) -> None:
         """Append the batch's rows to `rows` and its curves to `curves` (name -> [(first row, array)]).
@@ -285,7 +297,8 @@ class BatchScorer:
                           mean=self.mean, std=self.std, protocol=self.protocol, chunk=run.chunk,
                           randomised_maps=randomised, label_maps=label_maps, scale=shared.scale, explain=explainer,
                           interventions=run.interventions, num_classes=run.num_classes,
-                          mosaic_partners=shared.partners, predictions=run.pred)
+                          mosaic_partners=shared.partners, predictions=run.pred,
+                          shifted_explain=self._shifted_explainer(method, shared.images) if self.shifts_inputs else None)
         values, method_curves = {}, {}
         for name in self.metrics:
             out = METRICS.get(name).factory(inp)

@@ -49,11 +49,20 @@ class CaptumExplainer(Explainer):
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def explain(self, images, targets):
+    def completeness_reference(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The input x' whose logit the signed attributions of `images` claim to sum to the difference from,
+        Σa = f(x) - f(x') (completeness, Sundararajan et al. 2017); None for a method that claims none."""
+        return None
+
+    def signed_attributions(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) attributions before the map's reduction (|a| summed over channels)."""
         with torch.enable_grad():
-            maps = channel_abs_sum(self.attribute(images.detach().requires_grad_(True), targets))
+            attributions = self.attribute(images.detach().requires_grad_(True), targets).detach()
         self.model.zero_grad(set_to_none=True)
-        return maps
+        return attributions
+
+    def explain(self, images, targets):
+        return channel_abs_sum(self.signed_attributions(images, targets))
 
 
 @contextlib.contextmanager
@@ -99,6 +108,9 @@ class InputXGradientExplainer(CaptumExplainer):
     def attribute(self, images, targets):
         return InputXGradient(self.model).attribute(images, target=targets)
 
+    def completeness_reference(self, images):
+        return torch.zeros_like(images)  # x * grad is the first-order gap to the zero input
+
 
 @register_explainer("integrated_gradients", description="Integrated Gradients from a constant baseline",
                     models=ANY_MODEL)
@@ -115,6 +127,9 @@ class IntegratedGradientsExplainer(CaptumExplainer):
         return IntegratedGradients(self.model).attribute(
             images, baselines=self.colour(self.baseline, images), target=targets, n_steps=self.steps,
             internal_batch_size=self.internal_batch_size or self.images_per_pass(images, backward=True))
+
+    def completeness_reference(self, images):
+        return self.colour(self.baseline, images).expand_as(images)
 
 
 @register_explainer("smoothgrad", description="SmoothGrad: saliency averaged over noisy copies", models=ANY_MODEL)

@@ -28,6 +28,7 @@ import torch
 from ..registry import METRICS, register_metric
 from .accuracy import accuracy_topk
 from .agreement import explanation_signatures
+from .axiomatic import INPUT_SHIFT, completeness_gap, input_invariance, shift_compensated
 from .base import MetricInput, MetricOutput, column
 from .complexity import complexity, effective_complexity, sparseness
 from .confidence import average_drop_gain
@@ -74,7 +75,7 @@ __all__ = [
     "attribution_localisation", "top_k_intersection", "localisation_auc", "effective_complexity",
     "faithfulness_estimate", "selectivity", "sensitivity_n", "irof", "relative_stability", "random_logit",
     "efficient_mprt", "non_sensitivity", "continuity", "infidelity", "focus", "smooth_mprt",
-    "explanation_signatures",
+    "explanation_signatures", "completeness_gap", "input_invariance", "shift_compensated", "INPUT_SHIFT",
 ]
 
 # Ground-truth regions a batch may carry: name in results -> batch key.
@@ -191,7 +192,7 @@ def score_infidelity(inp: MetricInput) -> MetricOutput:
                                                   std=inp.std, batch_size=inp.chunk)})
 
 
-@register_metric("non_sensitivity", family="faithfulness", opt_in=True,
+@register_metric("non_sensitivity", family="axiomatic", opt_in=True,
                  description="share of 8x8 cells where 'the map is zero there' and 'removing the cell does not move "
                  "the probability' disagree (down; opt-in)",
                  columns={"non_sensitivity": column("lower")})
@@ -420,6 +421,31 @@ def score_random_logit(inp: MetricInput) -> MetricOutput:
 
 
 # Registered after the metrics above, so that tables list the causal family last.
+@register_metric("completeness", family="axiomatic", opt_in=True,
+                 description="|sum of the signed attributions - (f(x) - f(reference))| / |f(x) - f(reference)|, f the "
+                 "logit; methods with a reference input only (down; opt-in)",
+                 columns={"completeness_gap": column("lower", percent=False)})
+def score_completeness(inp: MetricInput) -> MetricOutput:
+    reference = getattr(inp.explain, "completeness_reference", None)
+    reference = reference(inp.images) if reference is not None else None
+    if reference is None:  # the method claims no completeness: not scored
+        return MetricOutput({"completeness_gap": torch.full((len(inp.images),), float("nan"))})
+    attributions = inp.explain.signed_attributions(inp.images, inp.targets)
+    return MetricOutput({"completeness_gap": completeness_gap(inp.model, inp.images, inp.targets, attributions,
+                                                              reference)})
+
+
+@register_metric("input_invariance", family="axiomatic", opt_in=True, needs="shift",
+                 description="1 when the map stays the same for inputs shifted by a constant that the model's first "
+                 "layer compensates (up; opt-in)",
+                 columns={"input_invariance": column("higher")})
+def score_input_invariance(inp: MetricInput) -> MetricOutput:
+    if inp.shifted_explain is None or inp.explain is None:
+        return MetricOutput()
+    return MetricOutput({"input_invariance": input_invariance(inp.explain, inp.shifted_explain, inp.images,
+                                                              inp.targets, INPUT_SHIFT)})
+
+
 from . import causal_scores  # noqa: E402, F401
 
 

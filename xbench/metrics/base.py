@@ -41,6 +41,9 @@ class MetricInput:
     # and (B,) whether the data had them; None where the data cannot provide partners
     mosaic_partners: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
     predictions: torch.Tensor | None = None  # (B,) the model's predicted classes (default: computed when needed)
+    # the method's explainer on the model's shift-compensated copy (`axiomatic.shift_compensated`), which takes
+    # inputs shifted by `axiomatic.INPUT_SHIFT`: (images + shift, targets) -> raw maps
+    shifted_explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def localisation_maps(self) -> torch.Tensor:
