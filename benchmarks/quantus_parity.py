@@ -5,8 +5,10 @@ settings for both; Quantus runs on one-channel images through a model that repea
 channels (so its features are xbench's pixels), xbench on the three-channel images, as the equality tests
 do. Each metric's settings make the two do the same work (the `work` column), and rows say where they
 cannot (insertion/deletion: xbench computes both curves, Quantus's PixelFlipping deletion only; ROAD: xbench
-both orders). Explanations for the robustness and randomisation metrics come from one gradient explainer,
-which xbench stacks into batches of perturbed images and Quantus calls per sample. Rounds are interleaved,
+both orders; relative stability: one xbench call gives all three scores, Quantus takes three calls).
+Explanations for the robustness and randomisation metrics come from xbench's saliency explainer, which xbench
+gives several noise samples of the batch per call (as many as its memory budget allows) and Quantus calls
+once per sample. Rounds are interleaved,
 the median taken; `speed-up` is Quantus's seconds over xbench's, and `per unit of work` scales it by how
 much more xbench computes (2 where it computes two curves to Quantus's one).
 
@@ -28,9 +30,14 @@ from _common import emit, recorded_on
 from torch import nn
 
 import xbench
+from xbench.aggregate import aggregate
+from xbench.factory import build_explainer
 from xbench.metrics import (
     attribution_localisation,
+    completeness_gap,
     continuity,
+    effective_complexity,
+    explanation_signatures,
     faithfulness_correlation,
     faithfulness_estimate,
     insertion_deletion,
@@ -63,16 +70,6 @@ class Grey(nn.Module):
         return self.model(x.expand(-1, 3, -1, -1))
 
 
-def gradient_explainer(model):
-    """|d logit / d x| summed over channels."""
-    def explain(images, targets):
-        with torch.enable_grad():
-            x = images.detach().float().clone().requires_grad_(True)
-            model(x).gather(1, targets.long()[:, None]).sum().backward()
-        return x.grad.abs().sum(1)
-    return explain
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -102,7 +99,7 @@ def main() -> None:
     regions = maps.flip(1) > 0.5
     mosaic_maps = torch.rand(n, 2 * size, 2 * size, device=device)
     chosen = torch.stack([torch.randperm(4) < 2 for _ in range(n)]).to(device)
-    explain = gradient_explainer(model)
+    explain = build_explainer("saliency", model, **PLAIN)  # |d logit / d x| summed over channels
     base = explain(colour, targets)
     prepared = prepare(base, (size, size)).maps
     x, y, a = grey.cpu().numpy(), targets.cpu().numpy(), maps[:, None].cpu().numpy()
@@ -163,12 +160,26 @@ def main() -> None:
         ("continuity", "28 translated explanations",
          lambda: continuity(explain, lifted, base, targets, steps=28, substrate=(0.3, 0.3, 0.3), **PLAIN),
          lambda: quantus.Continuity(nr_steps=28, **flat)(**{**q_colour, "x_batch": lifted.cpu().numpy()})),
-        ("relative input stability", "10 noisy explanations",
+        ("relative input, output and representation stability", "10 noisy explanations per score",
          lambda: relative_stability(model, explain, colour, base, targets, samples=10, **PLAIN),
-         lambda: quantus.RelativeInputStability(nr_samples=10, **flat)(**q_colour)),
+         lambda: [metric(nr_samples=10, **flat, **layers)(**q_colour) for metric, layers in (
+             (quantus.RelativeInputStability, {}), (quantus.RelativeOutputStability, {}),
+             (quantus.RelativeRepresentationStability, {"layer_names": ["global_pool"]}))]),
         ("random logit", "1 explanation",
          lambda: random_logit(explain, colour, base, targets, num_classes=1000),
          lambda: quantus.RandomLogit(num_classes=1000, **flat)(**q_colour)),
+        ("completeness", "2 forward passes (the attributions given)",
+         lambda: completeness_gap(model, colour, targets, colour * base[:, None], torch.zeros_like(colour)),
+         lambda: quantus.Completeness(perturb_baseline="black", **flat)(
+             **{**q, "a_batch": (grey * base[:, None]).cpu().numpy()})),
+        ("sufficiency", "the batch's maps and predictions",
+         lambda: aggregate("sufficiency", explanation_signatures(prepared, targets).cpu().numpy()),
+         lambda: quantus.Sufficiency(threshold=0.6, disable_warnings=True)(**{**q, "softmax": False})),
+        ("consistency", "the batch's maps and predictions",
+         lambda: aggregate("consistency", explanation_signatures(prepared, targets).cpu().numpy()),
+         lambda: quantus.Consistency(disable_warnings=True)(**{**q, "softmax": False})),
+        ("effective complexity", "map only", lambda: effective_complexity(maps),
+         lambda: quantus.EffectiveComplexity(eps=1e-5, **flat)(**q_maps)),
         ("attribution localisation", "map only",
          lambda: attribution_localisation(maps, regions),
          lambda: quantus.AttributionLocalisation(weighted=True, **flat)(**q_maps)),
@@ -177,7 +188,7 @@ def main() -> None:
         ("AUC", "map only", lambda: localisation_auc(maps, regions), lambda: quantus.AUC(**flat)(**q_maps)),
         ("focus (on given mosaics)", "map only, 2x2 mosaics",
          lambda: quadrant_share(mosaic_maps, chosen),
-         lambda: quantus.Focus(**flat)(model=None, x_batch=np.repeat(mosaic_maps[:, None].cpu().numpy(), 3, 1),
+         lambda: quantus.Focus(**flat)(model=model, x_batch=np.repeat(mosaic_maps[:, None].cpu().numpy(), 3, 1),
                                        y_batch=y, a_batch=mosaic_maps[:, None].cpu().numpy(),
                                        custom_batch=chosen.cpu().numpy().astype(float), device="cpu")),
     ]

@@ -346,3 +346,29 @@ def test_smooth_mprt_is_the_spearman_of_noise_averaged_maps_written_out(lite0, c
     same = smooth_mprt(explain, lambda last_only, images_, targets_: [explain(images_, targets_)], images, targets,
                        samples=3, std=(1, 1, 1))
     np.testing.assert_allclose(same.numpy(), 1.0, atol=1e-6)  # maps the weights do not move: 1
+
+
+def test_an_explainer_with_a_model_gets_several_noise_samples_per_call(lite0):  # noqa: F811
+    """Several noise samples in one explainer call (as many as fit the memory budget) give the maps of one
+    sample per call; a bare function, whose model xbench cannot size, is called once per sample."""
+    from xbench.factory import build_explainer
+    from xbench.metrics.robustness import explanations_per_call
+
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([1, 2, 3, 4])
+    noise = torch.rand(5, 4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 0.1 - 0.05
+    explainer = build_explainer("saliency", lite0, mean=(0, 0, 0), std=(1, 1, 1))
+    calls = []
+
+    def counted(x, t):
+        calls.append(len(x))
+        return explainer(x, t)
+
+    counted.model = lite0
+    batched = perturbed_maps(counted, images, targets, noise)
+    assert calls == [20] and explanations_per_call(counted, images) >= 20
+    calls.clear()
+    one_sample_per_call = perturbed_maps(counted, images, targets, noise, explain_batch=4)
+    assert calls == [4] * 5
+    torch.testing.assert_close(batched, one_sample_per_call, rtol=1e-4, atol=1e-5)
+    assert explanations_per_call(gradient_saliency(lite0), images) == 4

@@ -14,7 +14,8 @@
 e is the explainer's map of the same target class, prepared as every metric prepares maps
 (`saliency.prepare`: at the image's size, min-max scaled), so the numbers compare explainers whose
 raw maps differ in scale. The perturbed images are stacked into the explainer's batch, `explain_batch`
-at a time; noise is drawn from `seed` and each image's content, so a score never depends on the batch.
+at a time (default: as many as a forward and backward pass of the explainer's model fit in 1 GiB, at least
+the batch; several noise samples per call, where Quantus calls the explainer once per sample); noise is drawn from `seed` and each image's content, so a score never depends on the batch.
 A constant map (nothing to normalise by) and a non-finite map score NaN.
 """
 
@@ -28,7 +29,7 @@ import torch
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..datasets.transforms import denormalise, pixel_colour
 from ..seeds import content_generator
-from .forward import as_targets
+from .forward import as_targets, chunk_size
 from .saliency import prepare, scoring_maps, with_nan_rows
 
 Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images (N, 3, H, W), targets (N,)) -> (N, h, w)
@@ -42,15 +43,27 @@ def pixel_noise(images: torch.Tensor, samples: int, seed: int, std, draw: Callab
     return noise / torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, -1, 1, 1)
 
 
+EXPLAIN_BUDGET_MB = 1024
+
+
+def explanations_per_call(explain: Explain, images: torch.Tensor, budget_mb: float = EXPLAIN_BUDGET_MB) -> int:
+    """How many perturbed images one call of `explain` takes: as many as a forward and backward pass of the
+    explainer's model (`explain.model`) fit in `budget_mb`, and at least the batch (B); B for a bare function."""
+    model = getattr(explain, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return len(images)
+    return max(len(images), chunk_size(model, images[0].detach(), budget_mb, backward=True))
+
+
 def perturbed_maps(explain: Explain, images: torch.Tensor, targets: torch.Tensor, noise: torch.Tensor,
                    explain_batch: int | None = None) -> torch.Tensor:
     """(S, B, H, W) prepared maps of `images` + `noise` (S, B, C, H, W), explaining `targets`, the S*B
-    perturbed images explained `explain_batch` (default B) at a time."""
+    perturbed images explained `explain_batch` (default `explanations_per_call`) at a time."""
     s, b = noise.shape[:2]
     h, w = images.shape[-2:]
     stacked = (images[None] + noise).flatten(0, 1)
     repeated = targets.repeat(s)
-    step = explain_batch or b
+    step = explain_batch or explanations_per_call(explain, images)
     maps = [prepare(explain(stacked[i:i + step], repeated[i:i + step]), (h, w)) for i in range(0, s * b, step)]
     prepared = torch.cat([m.maps for m in maps]).view(s, b, h, w)
     broken = torch.cat([m.nonfinite for m in maps]).view(s, b).any(0)
