@@ -188,6 +188,9 @@ def test_input_invariance_on_lite0_photos_alone_and_in_a_mixed_batch(lite0, colo
         np.testing.assert_array_equal(torch.stack(alone).numpy(), scores[name].numpy())
     assert scores["saliency"].tolist() == [1.0] * 4 and scores["gradcam"].tolist() == [1.0] * 4
     assert scores["input_x_gradient"].tolist() == [0.0] * 4
+    with pytest.raises(TypeError, match="'NoneType' object is not subscriptable"):  # Quantus: no bias to update
+        _quiet(quantus.InputInvariance(disable_warnings=True), model=lite0, x_batch=images.numpy(),
+               y_batch=targets.numpy(), a_batch=None, explain_func=_quantus_maps("saliency"), batch_size=4)
 
 
 def test_input_invariance_degenerate_maps_and_refusals():
