@@ -66,6 +66,15 @@ def test_no_function_of_a_lower_layer_imports_an_upper_one(layer):
     assert {k: v for k, v in offending.items() if v} == {}
 
 
+def test_data_and_metrics_know_no_models():
+    """A metric sees an nn.Module and a callable explainer, never a model family; data knows neither."""
+    reached = {str(path.relative_to(PACKAGE)): _reached(set(_imports_of(path)), forbidden)
+               for layer, forbidden in (("datasets", ("xbench.methods", "xbench.metrics", "xbench.factory")),
+                                        ("metrics", ("xbench.methods", "xbench.factory")))
+               for path in (PACKAGE / layer).glob("*.py")}
+    assert {k: v for k, v in reached.items() if v} == {}
+
+
 def _package_files(under: str = "") -> list[Path]:
     return sorted((PACKAGE / under).rglob("*.py"))
 

@@ -93,3 +93,24 @@ def test_every_built_in_metric_and_column_is_documented_in_docs_metrics():
     missing += [f"{e.name}.{c}" for e in built_in for c in e.meta.get("columns", {}) if f"`{c}`" not in docs
                 and c != e.name]
     assert missing == [], f"not in docs/metrics.md: {missing}"
+
+
+def test_the_readme_extending_examples_run_as_written(tmp_path):
+    """The README's worked explainer and metric, and the call that uses them, run in a fresh interpreter."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("\n## Extending\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    script = tmp_path / "extending.py"
+    script.write_text("\n".join(blocks) + textwrap.dedent("""
+        rows = result.rows.set_index("method")
+        assert {"squared_gradient@model", "gradcam@model"} <= set(rows.index)
+        assert ((rows["centre_mass"] >= 0) & (rows["centre_mass"] <= 1)).all()
+        assert "centre_mass" in xbench.list_metrics() and "squared_gradient" in xbench.list_explainers()
+        print("extending ok")
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "extending ok" in out.stdout

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .factory import build_explainer, build_model
+from .factory import build_explainer, build_model, load_model
 from .registry import (
     DATASETS,
     EXPLAINERS,
@@ -48,15 +48,6 @@ def list_metrics() -> list[str]:
 
 def list_datasets() -> list[str]:
     return DATASETS.names()
-
-
-def load_model(path, **kwargs: Any):
-    """The model a checkpoint file holds (an xbench checkpoint, a timm/torchvision state dict for `cnn`,
-    an official INTR file, ...) and the file's description of it: (nn.Module, dict). Keywords: expect,
-    num_classes, class_names, reinit_head, options, pinned (see xbench.methods.loading.load_model)."""
-    from .methods.loading import load_model as load
-
-    return load(path, **kwargs)
 
 
 def evaluate_model(model, data, labels=None, **options: Any):

@@ -1,6 +1,6 @@
-"""Building registered models and explainers from their names and options (timm's `create_model` habit): the
-one place every command and the public API build them, checking the options against each factory's
-signature so an unknown option is refused with the known ones."""
+"""Building registered models and explainers from their names and options (timm's `create_model` habit), and
+loading a model from a checkpoint file: the one place every command and the public API build them, checking
+the options against each factory's signature so an unknown option is refused with the known ones."""
 
 from __future__ import annotations
 
@@ -21,3 +21,12 @@ def build_explainer(name: str, model, **overrides: Any):
     entry = EXPLAINERS.get(name)
     options = check_builder_options(entry.factory, {"model": model, **overrides}, section=f"explainer {name}")
     return entry.factory(**options)
+
+
+def load_model(path, **kwargs: Any):
+    """The model a checkpoint file holds (an xbench checkpoint, a timm/torchvision state dict for `cnn`, an
+    official INTR, ICN or CA-Stream file, ...) and the file's description of it: (nn.Module, dict). Keywords:
+    expect, num_classes, class_names, reinit_head, options, pinned (see xbench.methods.loading.load_model)."""
+    from .methods.loading import load_model as load  # the loaders import torch and timm: only when used
+
+    return load(path, **kwargs)
