@@ -27,7 +27,7 @@ from xbench.report import (
     leaderboard_of,
     write_leaderboard,
 )
-from xbench.report.leaderboard import CENTRE, wide_table
+from xbench.report.leaderboard import CENTRE, _holm, wide_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -83,12 +83,7 @@ def test_bold_marks_the_best_and_those_not_significantly_worse(run, board):
         worse = "greater" if direction == "higher" else "less"  # H1: the method is worse than the best
         raw = {m: wilcoxon(pivot[best], pivot[m], zero_method="wilcox", alternative=worse, method="exact").pvalue
                for m in pivot if m != best and (pivot[best] != pivot[m]).any()}
-        order = sorted(raw, key=raw.get)
-        running, holm = 0.0, {}
-        for i, m in enumerate(order):
-            running = max(running, min(1.0, (len(order) - i) * raw[m]))
-            holm[m] = running
-        for m, p in holm.items():
+        for m, p in _holm(raw).items():  # _holm: against a hand-checked table below
             assert cells.loc[m, "p_holm"] == pytest.approx(p)
             assert bool(cells.loc[m, "bold"]) == (p >= 0.05)
     md = wide_table(board, "md")
@@ -208,3 +203,38 @@ def test_leaderboard_of_bare_rows_fills_in_the_bookkeeping():
     assert wide_table(board, "plain").loc[0, "acc@1"] == ""  # unknown accuracy is left blank
     with pytest.raises(ValueError, match="need a 'method' column"):
         build_leaderboard(rows.drop(columns="method"), {}, column_table())
+
+
+def test_holm_correction_matches_a_hand_checked_table():
+    """Holm (1979): sort the m p-values, multiply the i-th smallest by m - i (i from 0), keep the running
+    maximum, cap at 1. Worked by hand: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 ->
+    0.06 (monotone); 0.5 x ... capped at 1."""
+    assert _holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}) == pytest.approx(
+        {"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert _holm({"a": 0.5, "b": 0.6}) == pytest.approx({"a": 1.0, "b": 1.0})
+    assert _holm({}) == {}
+
+
+@pytest.mark.parametrize("kind", ["mean", "class_mean"])
+def test_confidence_intervals_agree_with_scipy_bootstrap(kind):
+    """The leaderboard's 95% percentile interval against scipy.stats.bootstrap (percentile method, images
+    resampled with their labels), each from 4000 resamples of its own: equal up to Monte Carlo error."""
+    from scipy.stats import bootstrap
+
+    from xbench.metrics import column
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    values = rng.normal(labels * 0.1, 0.3)
+    rows = pd.DataFrame({"method": "m", "index": np.arange(300), "label": labels, "score": values})
+    columns = {"score": {**column("higher", kind), "family": "test"}}
+    cell = build_leaderboard(rows, {}, columns, resamples=4000).cells.set_index("metric").loc["score"]
+
+    def statistic(v, lab):
+        return v.mean() if kind == "mean" else np.mean([v[lab == c].mean() for c in np.unique(lab)])
+
+    reference = bootstrap((values, labels), statistic, paired=True, vectorized=False, n_resamples=4000,
+                          confidence_level=0.95, method="percentile", rng=np.random.default_rng(1))
+    width = reference.confidence_interval.high - reference.confidence_interval.low
+    assert cell["lo"] == pytest.approx(reference.confidence_interval.low, abs=0.05 * width)
+    assert cell["hi"] == pytest.approx(reference.confidence_interval.high, abs=0.05 * width)
