@@ -249,3 +249,28 @@ def test_smooth_mprt_runs_on_the_randomised_copy(tiny_run_setup):
     rows = load_results(out)[0].set_index("method")
     assert np.allclose(rows.loc["random@cnn", "smooth_mprt"], 1.0)  # noise maps ignore the weights
     assert rows.loc["gradcam@cnn", "smooth_mprt"].between(-1, 1).all()
+
+
+def test_the_progress_bar_names_each_methods_cost_and_the_first_batch_estimates_the_rest(tiny_run_setup, capsys):
+    base, overrides = tiny_run_setup
+    evaluate(load_config([], overrides + ["evaluate.methods=gradcam@cnn,random@cnn", "evaluate.metrics=sparseness"]),
+             out=base / "progress", progress=True)
+    err = capsys.readouterr().err
+    first = [line for line in err.splitlines() if line.startswith("first batch:")]
+    assert len(first) == 1 and "for the 8 images left" in first[0]  # 12 images, batches of 4
+    assert "gradcam@cnn" in first[0] or "random@cnn" in first[0]
+    assert "gradcam@cnn" in err and "random@cnn" in err and "s/img" in err  # the bar's per-method costs
+
+
+def test_batch_scorer_timing_and_estimate_read_the_seconds_per_method():
+    from xbench.engine.methods import Method
+    from xbench.engine.scoring import BatchScorer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    scorer = BatchScorer({"m": model}, [Method("random", "m"), Method("uniform", "m")], ["sparseness"],
+                         target="pred", protocol="ca_stream", mean=(0, 0, 0), std=(1, 1, 1),
+                         device=torch.device("cpu"))
+    assert scorer.timing() == ""
+    scorer.seconds, scorer.images_scored = {"random@m": 2.0, "uniform@m": 30.0}, 10
+    assert scorer.timing() == "uniform@m 3 s/img, random@m 0.2 s/img"
+    assert scorer.estimate(2000) == "3.2 s per image so far (uniform@m: 3 s), about 1 h 47 min for the 2000 images left"

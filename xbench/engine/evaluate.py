@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -173,7 +174,16 @@ class Evaluator:
             # Subset re-numbers nothing: a sample's `index` is its index in the split.
             skipped += [{"index": s.index, "path": s.path, "reason": s.reason} for s in batch["skipped"]]
             if len(batch["label"]):
+                first = self.scorer.images_scored == 0
                 self.scorer.score(batch, rows, curves, self.artefacts)
+                bar.set_postfix_str(self.scorer.timing(), refresh=False)
+                if first and self.ctx.is_main:  # before a long run goes on: what it will cost, and which method
+                    left = bar.total - bar.n - len(batch["label"]) - len(batch["skipped"])
+                    message = f"first batch: {self.scorer.estimate(left)}"
+                    if bar.disable:
+                        log.info(message)
+                    else:
+                        bar.write(message, file=sys.stderr)  # where the bar is, not stdout
             bar.update(len(batch["label"]) + len(batch["skipped"]))
         self.store.write_shard(shard, rows, stack_curves(curves), self.artefacts.take(), skipped)
 

@@ -70,10 +70,12 @@ def evaluate_model(model: nn.Module, data, labels=None, *, methods: Sequence[str
                          class_names={name: classes.names} if classes else None,
                          data_classes=classes.names if classes else None)
     rows, curves = [], {}
-    for batch in tqdm(_batches(data, labels, boxes, masks, batch_size), desc=f"evaluate {name}", unit="batch",
-                      disable=not progress):
+    bar = tqdm(_batches(data, labels, boxes, masks, batch_size), desc=f"evaluate {name}", unit="batch",
+               disable=not progress)
+    for batch in bar:
         if len(batch["label"]):
             scorer.score(batch, rows, curves)
+            bar.set_postfix_str(scorer.timing(), refresh=False)
     return EvaluationResult(pd.DataFrame(rows), stack_curves(curves), column_table(metric_names))
 
 
