@@ -25,7 +25,7 @@ from _common import emit, recorded_on
 
 import xbench
 from xbench.config import TrainConfig
-from xbench.train.trainer import build_optimizer, train_step
+from xbench.train.step import build_optimizer, train_step
 
 
 @dataclass

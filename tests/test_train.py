@@ -15,7 +15,8 @@ from xbench.checkpoints import load_checkpoint
 from xbench.config import TrainConfig, load_config
 from xbench.datasets.synth import SynthSettings, generate
 from xbench.distributed import EpochSampler, ShardSampler
-from xbench.train.trainer import RunExistsError, Trainer, build_optimizer, lr_factor, train
+from xbench.train.step import build_optimizer, lr_factor
+from xbench.train.trainer import RunExistsError, Trainer, train
 
 from .conftest import CNN, data_overrides
 
@@ -171,3 +172,14 @@ def test_torchrun_two_processes_on_cpu(small, tmp_path):
     trainer.model.load_state_dict(model.state_dict())
     acc1, _ = trainer.evaluate()  # single process, every validation sample once
     assert ckpt["history"][-1]["val_acc1"] == pytest.approx(acc1, abs=1e-12)
+
+
+def test_train_state_round_trips_through_a_checkpoint_and_reads_a_fresh_epochs_empty_totals():
+    from xbench.train.state import EpochTotals, TrainState
+
+    state = TrainState(epoch=2, step=17, step_in_epoch=3, best_acc1=0.5, history=[{"epoch": 1, "val_acc1": 0.5}],
+                       totals=EpochTotals(loss=3.0, correct=2.0, seen=4.0, seconds=1.5),
+                       changes=[{"epoch": 1, "step": 9, "changed": ["train.lr: 0.1 -> 0.2"]}])
+    assert TrainState.from_checkpoint(state.as_checkpoint()) == state
+    before = {**state.as_checkpoint(), "totals": {}}  # last.pt written at an epoch boundary by older versions
+    assert TrainState.from_checkpoint(before).totals == EpochTotals()

@@ -14,21 +14,17 @@ import csv
 import inspect
 import logging
 import math
-import random
 import shutil
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from ..checkpoints import INIT_OPTIONS, checkpoint_payload, load_checkpoint, save_checkpoint
-from ..config import Config, TrainConfig, check_builder_options, flatten
+from ..config import Config, check_builder_options, flatten
 from ..datasets import TrainingData, make_loader, training_data
 from ..distributed import Context, EpochSampler, ShardSampler, all_sum, init_distributed, shutdown
 from ..factory import build_model
@@ -36,115 +32,14 @@ from ..files import atomic_write_json
 from ..metrics.accuracy import accuracy_topk
 from ..provenance import record_provenance
 from ..registry import MODELS
+from .state import EpochTotals, TrainState, epoch_seed, rng_state, seed_everything, set_rng_state
+from .step import autocast, build_optimizer, lr_factor, train_step
 
 log = logging.getLogger(__name__)
 
 
 class RunExistsError(FileExistsError):
     """A run directory already holds a checkpoint and neither resume nor fresh was asked for."""
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over the parameters that require grad: group 'backbone' (names starting
-    with 'backbone.', at train.backbone_lr) and group 'rest' (at train.lr)."""
-    groups: dict[str, list] = {"backbone": [], "rest": []}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups["backbone" if name.startswith("backbone.") else "rest"].append(p)
-    lrs = {"backbone": cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr, "rest": cfg.lr}
-    params = [{"params": ps, "lr": lrs[n], "name": n} for n, ps in groups.items() if ps]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    raise ValueError(f"train.optimizer must be adamw or sgd, got {cfg.optimizer!r}")
-
-
-def lr_factor(cfg: TrainConfig, steps_per_epoch: int, base_lr: float):
-    """step -> multiplier of a group's base lr: linear warm-up, then cosine / step / constant."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
-    if cfg.schedule not in ("cosine", "step", "constant"):
-        raise ValueError(f"train.schedule must be cosine, step or constant, got {cfg.schedule!r}")
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        if cfg.schedule == "step":
-            return cfg.gamma ** sum(step >= e * steps_per_epoch for e in cfg.step_epochs)
-        return 1.0
-
-    return factor
-
-
-def autocast(device: torch.device, precision: torch.dtype):
-    """Mixed precision for bf16/fp16, nothing for fp32."""
-    if precision == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=precision)
-
-
-def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               images: torch.Tensor, labels: torch.Tensor, *, precision: torch.dtype = torch.float32,
-               clip_grad: float | None = None, label_smoothing: float = 0.0, pad_mask: torch.Tensor | None = None):
-    """One optimisation step: cross-entropy plus the model's `extra_losses()`, backward (scaled for
-    fp16), clipping over the optimised parameters, step. `net` may wrap `model` (DDP, compile).
-    Returns the loss (detached) and the logits (B, C)."""
-    kwargs = {"pad_mask": pad_mask} if pad_mask is not None else {}
-    with autocast(images.device, precision):
-        logits = net(images, **kwargs)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        extra = getattr(model, "extra_losses", None)
-        if extra is not None:
-            loss = loss + sum(extra().values())
-    scaler.scale(loss).backward()
-    if clip_grad:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), logits.detach()
-
-
-def epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    return (seed * 1_000_003 + rank * 10_007 + epoch) % 2**31
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """This process's RNG states as plain values (they load under weights_only=True)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuples(state["python"]))
-    name, key, *rest = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(value):
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 class Trainer:
@@ -239,41 +134,38 @@ class Trainer:
         if ctx.is_main:  # what a checkpoint write killed mid-way left behind
             for stale in self.run_dir.glob(".*.tmp"):
                 stale.unlink()
-        state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_acc1": -1.0, "history": [], "totals": {},
-                 "changes": []}
+        state = TrainState()
         if resume:
             state = self._restore(last)
             if changes:
-                state["changes"] = state.get("changes", []) + [{"epoch": state["epoch"], "step": state["step"],
-                                                                "changed": changes}]
+                state.changes.append({"epoch": state.epoch, "step": state.step, "changed": changes})
                 log.warning("resuming with changed settings: %s", "; ".join(changes))
         elif ctx.is_main:
             self._clear_run_files()
         if ctx.is_main:
             self._record_what_runs()
-        writer = self._tensorboard(state["step"])
+        writer = self._tensorboard(state.step)
         previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._request_stop)
         start = time.time()
         try:
-            while state["epoch"] < cfg.train.epochs:
-                finished = self._train_epoch(state, writer)
-                if not finished:
+            while state.epoch < cfg.train.epochs:
+                epoch_metrics = self._train_epoch(state, writer)
+                if epoch_metrics is None:
                     self._save(state, "last.pt")
-                    log.info("stopped at epoch %d step %d; continue with --resume", state["epoch"], state["step"])
+                    log.info("stopped at epoch %d step %d; continue with --resume", state.epoch, state.step)
                     break
                 acc1, acc5 = self.evaluate()
-                row = {"epoch": state["epoch"] + 1, **state.pop("epoch_metrics"), "val_acc1": acc1, "val_acc5": acc5}
-                state["history"].append(row)
-                state["epoch"] += 1
-                state["step_in_epoch"] = 0
-                best = acc1 > state["best_acc1"]
-                state["best_acc1"] = max(acc1, state["best_acc1"])
+                state.history.append({"epoch": state.epoch + 1, **epoch_metrics, "val_acc1": acc1, "val_acc5": acc5})
+                state.epoch += 1
+                state.step_in_epoch = 0
+                best = acc1 > state.best_acc1
+                state.best_acc1 = max(acc1, state.best_acc1)
                 self._save(state, "last.pt")
                 if best:
                     self._save(state, "best.pt")
-                self._log_epoch(state["history"], writer)
+                self._log_epoch(state.history, writer)
         finally:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
@@ -306,23 +198,24 @@ class Trainer:
         self.stop_requested = True
         self.stopped_by = signal.Signals(signum).name
 
-    def _should_stop(self, state) -> bool:
-        stop = self.stop_requested or (self.cfg.train.max_steps is not None and state["step"] >= self.cfg.train.max_steps)
+    def _should_stop(self, state: TrainState) -> bool:
+        stop = self.stop_requested or (self.cfg.train.max_steps is not None and state.step >= self.cfg.train.max_steps)
         return bool(all_sum(self.ctx, [float(stop)])[0]) if self.ctx.distributed else stop
 
-    def _train_epoch(self, state: dict, writer) -> bool:
-        """One epoch from state['step_in_epoch']; False if it stopped early (state is then resumable)."""
+    def _train_epoch(self, state: TrainState, writer) -> dict | None:
+        """One epoch from `state.step_in_epoch`: the epoch's training metrics, or None if it stopped early
+        (the state is then resumable)."""
         cfg, ctx = self.cfg, self.ctx
-        epoch, start = state["epoch"], state["step_in_epoch"]
+        epoch, start = state.epoch, state.step_in_epoch
         if start == 0:
             seed_everything(epoch_seed(cfg.seed, ctx.rank, epoch))
         if self._should_stop(state):
-            return False
+            return None
         self.sampler.set_epoch(epoch, start * cfg.train.batch_size)
         self.net.train()
         if start == 0:
-            state["totals"] = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
-        totals = state["totals"]
+            state.totals = EpochTotals()
+        totals = state.totals
         bar = tqdm(self.loader, total=self.steps_per_epoch - start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    unit="batch", disable=not (self.progress and ctx.is_main), leave=False)
         t0 = time.time()
@@ -332,29 +225,28 @@ class Trainer:
                 continue
             loss, correct = self._step(batch)
             n = len(batch["label"])
-            totals["loss"] += loss * n
-            totals["correct"] += correct
-            totals["seen"] += n
-            state["step"] += 1
-            state["step_in_epoch"] += 1
-            totals["seconds"] += time.time() - t0
+            totals.loss += loss * n
+            totals.correct += correct
+            totals.seen += n
+            state.step += 1
+            state.step_in_epoch += 1
+            totals.seconds += time.time() - t0
             t0 = time.time()
-            rate = totals["seen"] * ctx.world_size / max(totals["seconds"], 1e-9)
-            bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}",
-                            acc=f"{totals['correct'] / totals['seen']:.3f}", img_s=f"{rate:.0f}")
+            rate = totals.seen * ctx.world_size / max(totals.seconds, 1e-9)
+            bar.set_postfix(loss=f"{totals.loss / totals.seen:.3f}", acc=f"{totals.correct / totals.seen:.3f}",
+                            img_s=f"{rate:.0f}")
             if writer is not None:
-                writer.add_scalar("train/loss", loss, state["step"])
+                writer.add_scalar("train/loss", loss, state.step)
             # Checked after a step, before the next batch draws any randomness, so a resumed run
             # continues exactly; a stop on the epoch's last batch lets the epoch finish.
-            if state["step_in_epoch"] < self.steps_per_epoch and self._should_stop(state):
+            if state.step_in_epoch < self.steps_per_epoch and self._should_stop(state):
                 bar.close()
-                return False
+                return None
         bar.close()
-        seen = max(totals["seen"], 1.0)
-        state["epoch_metrics"] = {"lr": self.optimizer.param_groups[-1]["lr"], "train_loss": totals["loss"] / seen,
-                                  "train_acc": totals["correct"] / seen,
-                                  "images_per_s": totals["seen"] * ctx.world_size / max(totals["seconds"], 1e-9)}
-        return True
+        seen = max(totals.seen, 1.0)
+        return {"lr": self.optimizer.param_groups[-1]["lr"], "train_loss": totals.loss / seen,
+                "train_acc": totals.correct / seen,
+                "images_per_s": totals.seen * ctx.world_size / max(totals.seconds, 1e-9)}
 
     def _note_skipped(self, batch) -> None:
         for s in batch["skipped"]:
@@ -400,7 +292,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- files
 
-    def _save(self, state: dict, name: str) -> None:
+    def _save(self, state: TrainState, name: str) -> None:
         """last.pt: everything a resume needs; best.pt: the weights and their description only."""
         rngs = [rng_state()]
         if self.ctx.distributed:
@@ -408,17 +300,16 @@ class Trainer:
             torch.distributed.all_gather_object(rngs, rng_state())
         if not self.ctx.is_main:
             return
-        extra = {"epoch": state["epoch"], "best_acc1": state["best_acc1"], "validation": self.val_source,
+        extra = {"epoch": state.epoch, "best_acc1": state.best_acc1, "validation": self.val_source,
                  "requested": self.requested}
         if name == "last.pt":
-            extra.update(step=state["step"], step_in_epoch=state["step_in_epoch"], history=state["history"],
-                         totals=state["totals"], changes=state["changes"], optimizer=self.optimizer.state_dict(),
+            extra.update(**state.as_checkpoint(), optimizer=self.optimizer.state_dict(),
                          scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rngs)
         payload = checkpoint_payload(self.model, self.cfg.model.name, self.train_set.num_classes,
                                      self.train_set.classes, self.cfg.to_dict(), **extra)
         save_checkpoint(self.run_dir / name, payload)
 
-    def _restore(self, path: Path) -> dict:
+    def _restore(self, path: Path) -> TrainState:
         ckpt = load_checkpoint(path)
         if ckpt.get("model_name") != self.cfg.model.name:
             raise ValueError(f"{path} holds a {ckpt.get('model_name')!r} run, not {self.cfg.model.name!r}")
@@ -426,15 +317,14 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        state = {k: ckpt[k] for k in ("epoch", "step", "step_in_epoch", "best_acc1", "history", "totals")}
-        state["changes"] = ckpt.get("changes", [])
-        if state["step_in_epoch"]:
+        state = TrainState.from_checkpoint(ckpt)
+        if state.step_in_epoch:
             rngs = ckpt["rng"]
             if len(rngs) != self.ctx.world_size:
                 raise ValueError(f"{path} stopped mid-epoch with {len(rngs)} processes; resume with the same number "
                                  f"(got {self.ctx.world_size}) or from an epoch boundary")
             set_rng_state(rngs[self.ctx.rank])
-        log.info("resuming %s at epoch %d, step %d", path, state["epoch"], state["step"])
+        log.info("resuming %s at epoch %d, step %d", path, state.epoch, state.step)
         return state
 
     def _tensorboard(self, step: int):
@@ -470,21 +360,21 @@ class Trainer:
         log.info("epoch %d: loss %.4f, train acc %.3f, val acc@1 %.4f, acc@5 %.4f, %.0f img/s", row["epoch"],
                  row["train_loss"], row["train_acc"], row["val_acc1"], row["val_acc5"], row["images_per_s"])
 
-    def _summary(self, state: dict, seconds: float) -> dict:
+    def _summary(self, state: TrainState, seconds: float) -> dict:
         skipped = list(self.skipped.values())
         if self.ctx.distributed:
             gathered = [None] * self.ctx.world_size
             torch.distributed.all_gather_object(gathered, skipped)
             skipped = list({s["path"]: s for part in gathered for s in part}.values())
-        last = state["history"][-1] if state["history"] else {}
-        summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "epochs_done": state["epoch"],
-                   "epochs": self.cfg.train.epochs, "steps": state["step"], "best_acc1": state["best_acc1"],
+        last = state.history[-1] if state.history else {}
+        summary = {"run_dir": str(self.run_dir), "model": self.cfg.model.name, "epochs_done": state.epoch,
+                   "epochs": self.cfg.train.epochs, "steps": state.step, "best_acc1": state.best_acc1,
                    "final_acc1": last.get("val_acc1"), "final_acc5": last.get("val_acc5"),
                    "seconds": round(seconds, 1), "validation": self.val_source, "stopped_by": self.stopped_by,
-                   "resumed_with_changes": state["changes"], "skipped_files": skipped,
+                   "resumed_with_changes": state.changes, "skipped_files": skipped,
                    "dataset_problems": [{"path": q.path, "reason": q.reason}
                                         for q in self.train_set.problems + self.val_set.problems],
-                   "finished": state["epoch"] >= self.cfg.train.epochs}
+                   "finished": state.epoch >= self.cfg.train.epochs}
         if self.ctx.is_main:
             atomic_write_json(self.run_dir / "summary.json", summary)
             if skipped:
