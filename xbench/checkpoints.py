@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .contracts import RecordsItsOptions, arch_options
 from .files import atomic_write
 
 FORMAT_VERSION = 1
@@ -149,7 +150,7 @@ def checkpoint_payload(model: torch.nn.Module, model_name: str, num_classes: int
     from .version import __version__
 
     raw = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    options = dict(getattr(raw, "arch_options", config.get("model", {})))
+    options = arch_options(raw) if isinstance(raw, RecordsItsOptions) else dict(config.get("model", {}))
     options.pop("name", None)
     for key in INIT_OPTIONS:
         options.pop(key, None)

@@ -17,6 +17,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from ..checkpoints import CheckpointError, check_finite, load_checkpoint, state_dict_of
+from ..contracts import ChoosesCamLayer
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
     last block's first norm (its output still depends on every patch token), a Swin's final norm (the
     features its head pools), a ConvNeXt's last block's second MLP layer (channels last, before its
     layer scale and residual: the CA-Stream paper's choice), another CNN's last stage."""
-    if hasattr(model, "cam_target_layer"):
+    if isinstance(model, ChoosesCamLayer):
         return model.cam_target_layer()
     if is_timm_vit(model):
         return model.blocks[-1].norm1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..contracts import ExplainsItself
 from ..metrics.forward import as_targets
 from ..registry import register_explainer
 
@@ -39,7 +40,7 @@ class AttentionExplainer(Explainer):
     the INTR/ICN decoder layer (default -1, the last)."""
 
     def __init__(self, model: nn.Module, head: int | None = None, layer: int | None = None):
-        if not hasattr(model, "attention_explanation"):
+        if not isinstance(model, ExplainsItself):
             raise ValueError(f"{type(model).__name__} has no attention of its own; the 'attention' explainer "
                              "explains ca_stream, intr and icn models (use a post-hoc explainer for others)")
         super().__init__(model)

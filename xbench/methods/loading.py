@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import INIT_OPTIONS, CheckpointError, check_finite, guess_family, load_checkpoint, state_dict_of
+from ..contracts import arch_options
 from ..factory import build_model
 from ..registry import MODELS
 
@@ -105,11 +106,11 @@ def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
         )
     model = reader(ckpt, str(path), None if reinit_head else num_classes, options)
     if reinit_head and num_classes is not None and num_classes != _class_count(model):
-        arch = {k: v for k, v in getattr(model, "arch_options", {}).items() if k not in INIT_OPTIONS}
+        arch = {k: v for k, v in arch_options(model).items() if k not in INIT_OPTIONS}
         fresh = build_model(family, num_classes=num_classes, **arch)
         load_matching(fresh, model.state_dict(), source=str(path))
         model = fresh
-    info = {"model_name": family, "model_options": dict(getattr(model, "arch_options", {})),
+    info = {"model_name": family, "model_options": arch_options(model),
             "num_classes": int(_class_count(model)), "class_names": None, "normalisation": {}, "config": {},
             "format": entry.meta.get("foreign_format", "foreign file").format(**info_options(model))}
     return model, info
@@ -117,7 +118,7 @@ def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
 
 def info_options(model: nn.Module) -> dict:
     """The string architecture options of a model (what format descriptions may name)."""
-    return {k: v for k, v in getattr(model, "arch_options", {}).items() if isinstance(v, str)}
+    return {k: v for k, v in arch_options(model).items() if isinstance(v, str)}
 
 
 def _class_count(model: nn.Module) -> int:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..contracts import HasExtraLosses
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -70,9 +71,8 @@ def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimize
     with autocast(images.device, precision):
         logits = net(images, **kwargs)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        extra = getattr(model, "extra_losses", None)
-        if extra is not None:
-            loss = loss + sum(extra().values())
+        if isinstance(model, HasExtraLosses):
+            loss = loss + sum(model.extra_losses().values())
     scaler.scale(loss).backward()
     if clip_grad:
         scaler.unscale_(optimizer)

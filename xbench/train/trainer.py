@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..checkpoints import INIT_OPTIONS, checkpoint_payload, load_checkpoint, save_checkpoint
 from ..config import Config, check_builder_options, flatten
+from ..contracts import arch_options
 from ..datasets import TrainingData, make_loader, training_data
 from ..distributed import Context, EpochSampler, ShardSampler, all_sum, init_distributed, shutdown
 from ..factory import build_model
@@ -187,7 +188,7 @@ class Trainer:
     def _record_what_runs(self) -> None:
         """config.yaml with the model's options as built (the architecture an init_from file decided, not a
         recipe default it overrode) and provenance.json with every session's environment and command."""
-        built = dict(getattr(self.model, "arch_options", {}))
+        built = arch_options(self.model)
         kept = {k: v for k, v in self.cfg.model.options.items() if k in INIT_OPTIONS}
         self.cfg.model.options = {**kept, **built}
         self.cfg.save(self.run_dir / "config.yaml")
