@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
-from xbench.registry import Registry, UnknownNameError
+from xbench.registry import ExplainerSpec, Registry, UnknownNameError
 
 
 def test_register_get_and_describe():
-    reg = Registry("widget")
+    reg = Registry("widget", ExplainerSpec)
 
     @reg.register("b", description="the b widget", models="cnn")
     def make_b():
@@ -29,8 +29,10 @@ def test_register_get_and_describe():
     assert reg.names() == ["a", "b"]
     assert reg.build("b") == "b"
     assert reg.get("a").description == "First line of the docstring."
-    assert reg.get("b").meta == {"models": "cnn"}
+    assert reg.get("b").spec == ExplainerSpec(models="cnn") and reg.get("a").spec == ExplainerSpec()
     assert "a" in reg and "c" not in reg
+    with pytest.raises(TypeError, match="register widget 'c': unknown option\\(s\\) famly; a widget takes models"):
+        reg.register("c", famly="x")
 
 
 def test_unknown_name_lists_the_known_ones_and_duplicates_raise():
@@ -90,7 +92,7 @@ def test_every_built_in_metric_and_column_is_documented_in_docs_metrics():
                 if METRICS.get(name).factory.__module__.startswith("xbench.")]
     assert len(built_in) > 40
     missing = [e.name for e in built_in if f"`{e.name}`" not in docs]
-    missing += [f"{e.name}.{c}" for e in built_in for c in e.meta.get("columns", {}) if f"`{c}`" not in docs
+    missing += [f"{e.name}.{c}" for e in built_in for c in e.spec.columns if f"`{c}`" not in docs
                 and c != e.name]
     assert missing == [], f"not in docs/metrics.md: {missing}"
 

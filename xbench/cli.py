@@ -82,7 +82,7 @@ def resolve_config(config: list[str] | None, sets: list[str] | None, **shorthand
 @_friendly_errors
 def list_cmd(kind: str = typer.Argument("all", help="models, explainers, metrics, datasets or all")) -> None:
     """Print the registered models, explainers, metrics and datasets with a one-line description each."""
-    from .registry import DATASETS, EXPLAINERS, METRICS, MODELS
+    from .registry import DATASETS, EXPLAINERS, METRICS, MODELS, ExplainerSpec, MetricSpec
 
     registries = {"models": MODELS, "explainers": EXPLAINERS, "metrics": METRICS, "datasets": DATASETS}
     if kind != "all" and kind not in registries:
@@ -92,12 +92,15 @@ def list_cmd(kind: str = typer.Argument("all", help="models, explainers, metrics
             continue
         typer.secho(name, bold=True)
         # Metrics by family (what evaluate.metrics=all,<family> selects), the rest by name.
-        entries = sorted(registry.entries(), key=lambda e: (str(e.meta.get("family", "")), e.name))
+        entries = sorted(registry.entries(), key=lambda e: (str(getattr(e.spec, "family", "")), e.name))
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
-            extra = f"  [models: {entry.meta['models']}]" if "models" in entry.meta else ""
-            if "family" in entry.meta:
-                extra = f"  [{entry.meta['family']}{', opt-in' if entry.meta.get('opt_in') else ''}]"
+            spec = entry.spec
+            extra = ""
+            if isinstance(spec, ExplainerSpec):
+                extra = f"  [models: {spec.models}]"
+            elif isinstance(spec, MetricSpec):
+                extra = f"  [{spec.family}{', opt-in' if spec.opt_in else ''}]"
             typer.echo(f"  {entry.name:<{width}}  {entry.description}{extra}")
         if not entries:
             typer.echo("  (none)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
@@ -31,22 +31,60 @@ class UnknownNameError(KeyError):
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know of a registered model family."""
+
+    explains: str | None = None  # what an ante-hoc model's own explanation is (its bare name means attention@it)
+    head_maps: bool = False  # figures show its per-head attention
+    randomisation_blocks: Callable[[Any], list] | None = None  # model -> its blocks, top first (sanity.py)
+    reads_foreign: Callable[..., Any] | None = None  # reads its official checkpoint files (methods/loading.py)
+    foreign_format: str = "foreign file"  # how such a file is described, formatted with the model's str options
+
+
+@dataclass(frozen=True)
+class ExplainerSpec:
+    models: str = "any model"  # which models it explains, as `xbench list` shows it
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric is: its family, how each result column is read, and what the engine must prepare."""
+
+    family: str = "other"  # what `--set evaluate.metrics=all,<family>` selects; xbench list groups by it
+    columns: dict[str, dict] = field(default_factory=dict)  # column name (or template) -> metrics.base.column(...)
+    opt_in: bool = False  # left out of `all`: costs more than a forward pass per step
+    needs: str | None = None  # what the engine prepares: randomisation, interventions, mosaics, shift
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    pass
+
+
+@dataclass(frozen=True)
 class Entry:
     name: str
     factory: Callable[..., Any]
     description: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    spec: Any  # the registry's spec type: ModelSpec, ExplainerSpec, MetricSpec or DatasetSpec
 
 
 class Registry:
     """A named collection of factories of one kind ("model", "explainer", ...)."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, spec: type = DatasetSpec):
+        self.kind, self.spec = kind, spec
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, *, description: str | None = None, **meta: Any):
-        """Decorator registering `factory` under `name`; `meta` is free-form (e.g. models=...)."""
+    def register(self, name: str, *, description: str | None = None, **options: Any):
+        """Decorator registering `factory` under `name`; `options` are the fields of the registry's spec
+        (an unknown one is refused with the known ones)."""
+        known = [f.name for f in fields(self.spec)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"register {self.kind} {name!r}: unknown option(s) {', '.join(unknown)}; a {self.kind} "
+                            f"takes {', '.join(known) or 'none besides description'}")
+        spec = self.spec(**options)
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
@@ -56,7 +94,7 @@ class Registry:
                     f"{existing.__module__}.{existing.__qualname__}; pick another name"
                 )
             text = description or _first_line(factory.__doc__) or ""
-            self._entries[name] = Entry(name, factory, text, dict(meta))
+            self._entries[name] = Entry(name, factory, text, spec)
             return factory
 
         return decorator
@@ -90,10 +128,10 @@ def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
 
 
-MODELS = Registry("model")
-EXPLAINERS = Registry("explainer")
-METRICS = Registry("metric")
-DATASETS = Registry("dataset")
+MODELS = Registry("model", ModelSpec)
+EXPLAINERS = Registry("explainer", ExplainerSpec)
+METRICS = Registry("metric", MetricSpec)
+DATASETS = Registry("dataset", DatasetSpec)
 
 register_model = MODELS.register
 register_explainer = EXPLAINERS.register

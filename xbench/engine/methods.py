@@ -30,12 +30,12 @@ class Method:
 
 def ante_hoc_models() -> list[str]:
     """Models that explain themselves (registered with `explains=`): their bare name means attention@model."""
-    return [e.name for e in MODELS.entries() if e.meta.get("explains")]
+    return [e.name for e in MODELS.entries() if e.spec.explains]
 
 
 def has_head_maps(model: str) -> bool:
     """Whether figures show the model's per-head attention (registered with `head_maps=True`)."""
-    return bool(MODELS.get(model).meta.get("head_maps"))
+    return MODELS.get(model).spec.head_maps
 
 
 def parse_methods(specs: list[str]) -> list[Method]:

@@ -34,11 +34,11 @@ def selected_metrics(names: list[str], parameter_randomisation: bool = False) ->
     added."""
     families = {}
     for entry in METRICS.entries():
-        families.setdefault(entry.meta.get("family"), []).append(entry.name)
+        families.setdefault(entry.spec.family, []).append(entry.name)
     expanded = []
     for name in names:
         if name == "all":
-            expanded += [e.name for e in METRICS.entries() if not e.meta.get("opt_in")]
+            expanded += [e.name for e in METRICS.entries() if not e.spec.opt_in]
         elif name in families and name not in METRICS:
             expanded += families[name]
         else:
@@ -53,7 +53,7 @@ def selected_metrics(names: list[str], parameter_randomisation: bool = False) ->
 
 def needing(metrics: list[str], what: str) -> list[str]:
     """The metrics of `metrics` whose registry entry says they need `what` (e.g. interventions)."""
-    return [m for m in metrics if METRICS.get(m).meta.get("needs") == what]
+    return [m for m in metrics if METRICS.get(m).spec.needs == what]
 
 
 def scene_source(dataset, metrics: list[str]) -> SceneSource | None:
@@ -135,7 +135,7 @@ def _cascade_maps(cascade: RandomisationCascade, explainer, images: torch.Tensor
 
 def _blocks_of(model_name: str):
     """The randomisation blocks a registered model family names (None: the generic top-down order)."""
-    return MODELS.get(model_name).meta.get("randomisation_blocks") if model_name in MODELS else None
+    return MODELS.get(model_name).spec.randomisation_blocks if model_name in MODELS else None
 
 
 def _accepted(explainer: str, options: dict) -> dict:
@@ -218,7 +218,7 @@ class BatchScorer:
         self.device, self.memory_budget_mb, self.tags = device, memory_budget_mb, dict(tags or {})
         self.options = {m.label: method_options(m, explainer_options or {}, mean, std, memory_budget_mb)
                         for m in methods}
-        self.localises = any(METRICS.get(m).meta.get("family") == "localisation" for m in metrics)
+        self.localises = any(METRICS.get(m).spec.family == "localisation" for m in metrics)
         self.explainers = {m.label: build_explainer(m.explainer, models[m.model], **self.options[m.label])
                            for m in methods}
         self.randomised = {}  # method label -> (its model's cascade, its explainer on the cascade's copy)

@@ -97,9 +97,9 @@ def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
         raise CheckpointError(f"{path} holds {describe_family(family)}, not the {expect!r} model asked for")
     family = expect or family
     entry = MODELS.get(family) if family in MODELS else None
-    reader = entry.meta.get("reads_foreign") if entry else None
+    reader = entry.spec.reads_foreign if entry else None
     if reader is None:
-        readers = ", ".join(e.name for e in MODELS.entries() if "reads_foreign" in e.meta) or "none"
+        readers = ", ".join(e.name for e in MODELS.entries() if e.spec.reads_foreign is not None) or "none"
         raise CheckpointError(
             f"{path} is not an xbench checkpoint (it looks like {describe_family(family)}); foreign files "
             f"are read for these models: {readers}; DETR weights go in through intr's detr_weights option"
@@ -112,7 +112,7 @@ def _from_foreign(ckpt: dict, path, expect: str | None, num_classes: int | None,
         model = fresh
     info = {"model_name": family, "model_options": arch_options(model),
             "num_classes": int(_class_count(model)), "class_names": None, "normalisation": {}, "config": {},
-            "format": entry.meta.get("foreign_format", "foreign file").format(**info_options(model))}
+            "format": entry.spec.foreign_format.format(**info_options(model))}
     return model, info
 
 

@@ -458,11 +458,11 @@ def column_table(metrics: list[str] | None = None) -> dict[str, dict]:
     entries = [e for e in METRICS.entries() if metrics is None or e.name in metrics]
     table = {}
     for entry in entries:
-        for template, info in entry.meta.get("columns", {}).items():
+        for template, info in entry.spec.columns.items():
             regions = REGIONS if "{region}" in template else [None]
             for region in regions:
                 name = template.format(region=region) if region else template
                 reference = info["reference_for"]
                 table[name] = {**info, "reference_for": reference.format(region=region) if reference else None,
-                               "metric": entry.name, "family": entry.meta.get("family", "other")}
+                               "metric": entry.name, "family": entry.spec.family}
     return table
