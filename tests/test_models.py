@@ -382,3 +382,22 @@ def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
     assert first.read_bytes() == second.read_bytes()
     loaded = load_checkpoint(first)["model"]
     assert all(torch.equal(loaded[k], v) for k, v in payload["model"].items())
+
+
+def test_intr_and_icn_options_are_dataclasses_checked_by_name_and_type():
+    from xbench.config import ConfigError
+    from xbench.factory import model_options
+    from xbench.methods.icn import IcnOptions
+    from xbench.methods.intr import IntrOptions
+
+    assert model_options("intr") is IntrOptions and model_options("icn") is IcnOptions
+    with pytest.raises(ConfigError, match=r"unknown key model\.hiden_dim; valid keys of model: .*grid_size.*hidden_dim"):
+        xbench.build_model("icn", num_classes=3, hiden_dim=32)
+    with pytest.raises(ConfigError, match="model.grid_size must be an integer"):
+        xbench.build_model("icn", num_classes=3, grid_size="five")
+    tiny = {"backbone": "resnet18", "channels": [8, 16, 32, 64], "hidden_dim": 16, "nheads": 2, "enc_layers": 1,
+            "dec_layers": 1, "dim_feedforward": 16}
+    icn = xbench.build_model("icn", num_classes=3, grid_size=3, **tiny)
+    assert icn.arch_options == {**IntrOptions(**tiny).architecture(), "grid_size": 3, "spline_order": 3,
+                                "orthogonality_weight": 1.0}
+    assert "detr_weights" not in icn.arch_options  # where weights came from is not architecture

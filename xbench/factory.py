@@ -10,10 +10,16 @@ from .config import check_builder_options
 from .registry import EXPLAINERS, MODELS
 
 
+def model_options(name: str) -> Any:
+    """What a registered model's options are checked against: its options dataclass, or its factory's signature."""
+    entry = MODELS.get(name)
+    return entry.spec.options or entry.factory
+
+
 def build_model(name: str, num_classes: int, **overrides: Any):
     """A registered model (an nn.Module returning logits (B, num_classes)) built with `overrides`."""
-    entry = MODELS.get(name)
-    return entry.factory(num_classes=num_classes, **check_builder_options(entry.factory, overrides))
+    options = check_builder_options(model_options(name), overrides)
+    return MODELS.get(name).factory(num_classes=num_classes, **options)
 
 
 def build_explainer(name: str, model, **overrides: Any):

@@ -34,6 +34,7 @@ class UnknownNameError(KeyError):
 class ModelSpec:
     """What the engine needs to know of a registered model family."""
 
+    options: type | None = None  # a dataclass whose fields are the options of a factory taking **options
     explains: str | None = None  # what an ante-hoc model's own explanation is (its bare name means attention@it)
     head_maps: bool = False  # figures show its per-head attention
     randomisation_blocks: Callable[[Any], list] | None = None  # model -> its blocks, top first (sanity.py)

@@ -16,15 +16,15 @@ this file reproduces, under the same parameter names, so official checkpoints lo
 
 from __future__ import annotations
 
-import inspect
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_model
-from .intr import INTR, _build, build_intr, randomisation_blocks, read_official
+from .intr import INTR, IntrOptions, build_query_model, randomisation_blocks, read_official
 
 
 class KANLinear(nn.Module):
@@ -130,19 +130,29 @@ class ICN(INTR):
         return {"orthogonality": self.orthogonality_weight * (gram - eye).pow(2).sum()}
 
 
-def build_icn(num_classes: int, grid_size: int = 5, spline_order: int = 3, orthogonality_weight: float = 1.0,
-              **intr_options) -> ICN:
-    """ICN: INTR's architecture and options plus the KAN head and the orthogonality loss."""
-    defaults = {k: p.default for k, p in inspect.signature(build_intr).parameters.items() if k != "num_classes"}
-    head = {"grid_size": grid_size, "spline_order": spline_order, "orthogonality_weight": orthogonality_weight}
-    return _build(ICN, head, num_classes=num_classes, **{**defaults, **intr_options})
+@dataclass(frozen=True)
+class IcnOptions(IntrOptions):
+    """INTR's options plus ICN's KAN head (`grid_size`, `spline_order`) and the weight of its query
+    orthogonality loss."""
+
+    grid_size: int = 5
+    spline_order: int = 3
+    orthogonality_weight: float = 1.0
+
+    def architecture(self) -> dict:
+        return {k: v for k, v in super().architecture().items() if k not in HEAD_OPTIONS}
 
 
-# build_icn takes exactly INTR's options plus its own: say so in its signature, so configs are checked.
-build_icn.__signature__ = inspect.Signature(
-    [p for n, p in inspect.signature(build_icn).parameters.items() if n != "intr_options"]
-    + [p for n, p in inspect.signature(build_intr).parameters.items() if n != "num_classes"]
-)
+HEAD_OPTIONS = ("grid_size", "spline_order", "orthogonality_weight")
+
+
+def build_icn(num_classes: int, **options) -> ICN:
+    """ICN for `num_classes` with `options`, the fields of `IcnOptions`: INTR's architecture plus the KAN head
+    and the orthogonality loss."""
+    o = IcnOptions(**options)
+    return build_query_model(ICN, num_classes, o, {k: getattr(o, k) for k in HEAD_OPTIONS})
+
+
 register_model("icn", description="ICN: INTR with a shared KAN classifier and orthogonal class queries",
-               explains="cross-attention of the class query", head_maps=True, randomisation_blocks=randomisation_blocks,
+               options=IcnOptions, explains="cross-attention of the class query", head_maps=True, randomisation_blocks=randomisation_blocks,
                reads_foreign=read_official, foreign_format="official ICN checkpoint")(build_icn)

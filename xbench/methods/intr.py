@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -160,58 +161,79 @@ def _without_classifier(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
 
 
-def build_intr(num_classes: int, backbone: str = "resnet50", output_stride: int = 32, hidden_dim: int = 256,
-               nheads: int = 8, enc_layers: int = 6, dec_layers: int = 6, dim_feedforward: int = 2048,
-               dropout: float = 0.1, channels: list[int] | None = None, stem_width: int | None = None,
-               frozen_batchnorm: bool = True, freeze_backbone: bool = False, attention_impl: str = "sdpa",
-               backbone_weights: str | None = None, init_backbone_from: str | None = None,
-               detr_weights: str | None = None, init_from: str | None = None, reinit_head: bool = False,
-               seed: int = 0) -> INTR:
-    """INTR with the paper's defaults (DETR-R50); every size is configurable for CPU runs.
+@dataclass(frozen=True)
+class IntrOptions:
+    """INTR's options with the paper's defaults (DETR-R50); every size is configurable for CPU runs.
 
-    Initialisation (at most one): `backbone_weights` (timm/torchvision ResNet file),
-    `init_backbone_from` (a trained xbench `cnn` checkpoint: its architecture and weights),
-    `detr_weights` (a DETR-R50 checkpoint: the whole model, per the INTR fine-tuning recipe), or
-    `init_from` (a whole INTR, xbench's or official: its architecture and weights; another class
-    count only with `reinit_head`). Weights are drawn from `seed`, so every DDP rank builds the same model.
-    """
-    return _build(INTR, {}, **locals())
+    Initialisation (at most one): `backbone_weights` (timm/torchvision ResNet file), `init_backbone_from` (a
+    trained xbench `cnn` checkpoint: its architecture and weights), `detr_weights` (a DETR-R50 checkpoint: the
+    whole model, per the INTR fine-tuning recipe), or `init_from` (a whole INTR, xbench's or official: its
+    architecture and weights; another class count only with `reinit_head`). Weights are drawn from `seed`, so
+    every DDP rank builds the same model."""
+
+    backbone: str = "resnet50"
+    output_stride: int = 32
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    channels: list[int] | None = None
+    stem_width: int | None = None
+    frozen_batchnorm: bool = True
+    freeze_backbone: bool = False
+    attention_impl: str = "sdpa"
+    backbone_weights: str | None = None
+    init_backbone_from: str | None = None
+    detr_weights: str | None = None
+    init_from: str | None = None
+    reinit_head: bool = False
+    seed: int = 0
+
+    def architecture(self) -> dict:
+        """The options a checkpoint stores to rebuild the model: all but where the weights came from."""
+        return {k: v for k, v in asdict(self).items() if k not in INITIALISATION}
 
 
-def _build(cls, head_options: dict, *, num_classes: int, backbone: str, output_stride: int, hidden_dim: int,
-           nheads: int, enc_layers: int, dec_layers: int, dim_feedforward: int, dropout: float, channels,
-           stem_width, frozen_batchnorm: bool, freeze_backbone: bool, attention_impl: str, backbone_weights,
-           init_backbone_from, detr_weights, init_from, reinit_head: bool, seed: int):
-    sources = [s for s in (backbone_weights, init_backbone_from, detr_weights, init_from) if s]
+INITIALISATION = ("backbone_weights", "init_backbone_from", "detr_weights", "init_from", "reinit_head")
+
+
+def build_intr(num_classes: int, **options) -> INTR:
+    """INTR for `num_classes` with `options`, the fields of `IntrOptions` (checked against them by name and
+    type: the registry's `options`)."""
+    return build_query_model(INTR, num_classes, IntrOptions(**options))
+
+
+def build_query_model(cls: type[INTR], num_classes: int, o: IntrOptions, head_options: dict | None = None) -> INTR:
+    """INTR or a variant `cls` (ICN) built from `o`, with `head_options` for its class head."""
+    head_options = head_options or {}
+    sources = [s for s in (o.backbone_weights, o.init_backbone_from, o.detr_weights, o.init_from) if s]
     if len(sources) > 1:
         raise ValueError("give at most one of backbone_weights, init_backbone_from, detr_weights, init_from")
-    if init_from:
+    if o.init_from:
         from .loading import load_model
 
-        return load_model(init_from, expect=cls.family, num_classes=num_classes, reinit_head=reinit_head)[0]
-    if output_stride not in (16, 32):
-        raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
+        return load_model(o.init_from, expect=cls.family, num_classes=num_classes, reinit_head=o.reinit_head)[0]
+    if o.output_stride not in (16, 32):
+        raise ValueError(f"output_stride must be 16 or 32, got {o.output_stride}")
     cnn_state = None
-    if init_backbone_from:
-        arch, cnn_state = _cnn_arch(init_backbone_from)
-        backbone, channels, stem_width = arch["backbone"], arch["channels"], arch["stem_width"]
+    if o.init_backbone_from:
+        arch, cnn_state = _cnn_arch(o.init_backbone_from)
+        o = replace(o, backbone=arch["backbone"], channels=arch["channels"], stem_width=arch["stem_width"])
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        body = _body(backbone, output_stride, frozen_batchnorm, freeze_backbone, channels, stem_width)
-        joiner = Joiner(Backbone(body), PositionEmbeddingSine(hidden_dim // 2))
-        transformer = Transformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout, attention_impl)
+        torch.manual_seed(o.seed)
+        body = _body(o.backbone, o.output_stride, o.frozen_batchnorm, o.freeze_backbone, o.channels, o.stem_width)
+        joiner = Joiner(Backbone(body), PositionEmbeddingSine(o.hidden_dim // 2))
+        transformer = Transformer(o.hidden_dim, o.nheads, o.enc_layers, o.dec_layers, o.dim_feedforward, o.dropout,
+                                  o.attention_impl)
         model = cls(joiner, transformer, num_classes, **head_options)
-        if detr_weights:
-            _load_detr(model, detr_weights)
-    if backbone_weights or cnn_state is not None:
-        state = read_weights(backbone_weights) if backbone_weights else cnn_state
-        load_weights(body, _without_classifier(state), str(backbone_weights or init_backbone_from))
-    model.arch_options = {
-        "backbone": backbone, "output_stride": output_stride, "hidden_dim": hidden_dim, "nheads": nheads,
-        "enc_layers": enc_layers, "dec_layers": dec_layers, "dim_feedforward": dim_feedforward, "dropout": dropout,
-        "channels": channels, "stem_width": stem_width, "frozen_batchnorm": frozen_batchnorm,
-        "freeze_backbone": freeze_backbone, "attention_impl": attention_impl, "seed": seed, **head_options,
-    }
+        if o.detr_weights:
+            _load_detr(model, o.detr_weights)
+    if o.backbone_weights or cnn_state is not None:
+        state = read_weights(o.backbone_weights) if o.backbone_weights else cnn_state
+        load_weights(body, _without_classifier(state), str(o.backbone_weights or o.init_backbone_from))
+    model.arch_options = {**o.architecture(), **head_options}
     return model
 
 
@@ -302,5 +324,5 @@ def read_official(ckpt: dict, source: str, num_classes: int | None = None, optio
 
 
 register_model("intr", description="INTR: a transformer with one decoder query per class (Paul et al., ICLR 2024)",
-               explains="cross-attention of the class query", head_maps=True, randomisation_blocks=randomisation_blocks,
+               options=IntrOptions, explains="cross-attention of the class query", head_maps=True, randomisation_blocks=randomisation_blocks,
                reads_foreign=read_official, foreign_format="official INTR checkpoint")(build_intr)

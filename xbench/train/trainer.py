@@ -28,11 +28,10 @@ from ..config import Config, check_builder_options, flatten
 from ..contracts import arch_options
 from ..datasets import TrainingData, make_loader, training_data
 from ..distributed import Context, EpochSampler, ShardSampler, all_sum, init_distributed, shutdown
-from ..factory import build_model
+from ..factory import build_model, model_options
 from ..files import atomic_write_json
 from ..metrics.accuracy import accuracy_topk
 from ..provenance import record_provenance
-from ..registry import MODELS
 from .state import EpochTotals, TrainState, epoch_seed, rng_state, seed_everything, set_rng_state
 from .step import autocast, build_optimizer, lr_factor, train_step
 
@@ -104,7 +103,7 @@ class Trainer:
         and types; the run's seed goes to a builder that takes one), optimiser, schedule, precision.
         Returns the model's options as the builder gets them."""
         cfg = self.cfg
-        builder = MODELS.get(cfg.model.name).factory
+        builder = model_options(cfg.model.name)
         options = dict(cfg.model.options)
         if "seed" in inspect.signature(builder).parameters and "seed" not in options:
             options["seed"] = cfg.seed  # weights drawn from the run's seed, the same on every rank
