@@ -117,6 +117,7 @@ def test_store_keeps_what_figures_need(tiny_run_setup):
     assert '"rows": 72' in summary and "versions" not in summary
     provenance = json.loads((out / "provenance.json").read_text())
     assert "grad-cam" in provenance["versions"] and provenance["date"] and provenance["device"] == "cpu"
+    assert provenance["torch_threads"] == torch.get_num_threads() and provenance["cpu_capability"]  # reduction order
 
 
 def test_method_names_and_subsets():

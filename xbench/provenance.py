@@ -47,11 +47,16 @@ def git_commit() -> str | None:
 
 
 def provenance(device=None) -> dict:
-    """This session: date, command, Python, platform, CPU count, device (and GPU name), commit, versions."""
+    """This session: date, command, Python, platform, CPU count, device (and GPU name), commit, versions; with
+    torch loaded, its thread count and the CPU kernels it dispatches to (both change floating-point results)."""
     info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cwd": os.getcwd(),
             "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
             "cpus": os.cpu_count(), "device": str(device) if device is not None else None}
+    torch = sys.modules.get("torch")  # what decides the order of CPU reductions, where torch is in use
+    if torch is not None:
+        info.update(torch_threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                    processor=platform.processor() or platform.machine())
     if device is not None and str(device).startswith("cuda"):
         import torch
 
