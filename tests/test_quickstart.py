@@ -78,6 +78,7 @@ def test_reduced_quickstart_end_to_end(tmp_path, caplog):
     for model in ("cnn", "ca_stream", "intr"):
         assert f"{model}: already trained in" in caplog.text
     assert "shards already done; resuming" in caplog.text
+    assert "is up to date with these results; skipping" in caplog.text  # the same rows: the report stands
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
     assert again["test_acc1"] == summary["test_acc1"]
     assert pd.read_csv(results / "leaderboard.csv").equals(cells)
