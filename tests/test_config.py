@@ -87,3 +87,21 @@ def test_builder_options_are_checked_against_the_signature():
     check_builder_options(build_toy, {"width": 4})
     with pytest.raises(ConfigError, match=r"unknown key model\.widht; valid keys of model: depth, width"):
         check_builder_options(build_toy, {"widht": 4})
+
+
+def test_a_resolved_config_is_frozen_and_commands_leave_it_as_it_was(tiny_run_setup):
+    import copy
+    import dataclasses
+
+    from xbench.engine.evaluate import evaluate
+
+    base, overrides = tiny_run_setup
+    cfg = load_config([], overrides + ["evaluate.methods=random@cnn", "evaluate.metrics=sparseness",
+                                       "dataset.mean=[0.4,0.4,0.4]"])
+    before = copy.deepcopy(cfg)
+    evaluate(cfg, out=base / "frozen_config", progress=False)
+    assert cfg == before and cfg.explicit == before.explicit
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.dataset.mean = (0.5, 0.5, 0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1

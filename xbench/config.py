@@ -74,7 +74,7 @@ class SynthConfig:
     preset: str = "default"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetConfig:
     name: str = "synth"
     format: str = ""  # loader: cub | folder | imagenet | synth; empty means "same as name"
@@ -101,13 +101,13 @@ class DatasetConfig:
         return self.format or self.name
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "cnn"
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
@@ -131,7 +131,7 @@ class TrainConfig:
     log_tensorboard: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig:
     methods: list[str] = field(default_factory=lambda: ["gradcam"])
     protocol: str = "ca_stream"  # ca_stream | rise
@@ -153,7 +153,7 @@ class EvaluateConfig:
     out: str = ""  # empty: results/<dataset>
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -280,9 +280,8 @@ def load_config(
     merged: dict[str, Any] = {}
     for layer in layers + user_layers:
         merged = merge_layers(merged, layer)
-    cfg = config_from_dict(merged)
-    cfg.explicit = frozenset(key for layer in user_layers for key in flatten(layer))
-    return cfg
+    return dataclasses.replace(config_from_dict(merged),
+                               explicit=frozenset(key for layer in user_layers for key in flatten(layer)))
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -300,16 +299,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     unknown = set(data) - set(sections)
     if unknown:
         raise ConfigError(_unknown_message("config", sorted(unknown)[0], sections))
-    cfg = Config()
-    for name in ("output_dir", "seed"):
-        if name in data:
-            setattr(cfg, name, _coerce(data[name], type(getattr(cfg, name)), name))
-    cfg.dataset = _build(DatasetConfig, data.get("dataset", {}), "dataset")
-    cfg.train = _build(TrainConfig, data.get("train", {}), "train")
-    cfg.evaluate = _build(EvaluateConfig, data.get("evaluate", {}), "evaluate")
+    top = {name: _coerce(data[name], type(getattr(Config, name)), name) for name in ("output_dir", "seed")
+           if name in data}
     model = dict(data.get("model", {}) or {})
-    cfg.model = ModelConfig(name=str(model.pop("name", ModelConfig.name)), options=model)
-    return cfg
+    return Config(dataset=_build(DatasetConfig, data.get("dataset", {}), "dataset"),
+                  model=ModelConfig(name=str(model.pop("name", ModelConfig.name)), options=model),
+                  train=_build(TrainConfig, data.get("train", {}), "train"),
+                  evaluate=_build(EvaluateConfig, data.get("evaluate", {}), "evaluate"), **top)
 
 
 def _unknown_message(section: str, key: str, valid: list[str]) -> str:

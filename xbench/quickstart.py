@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def load_quickstart(path: str | Path | None = None, overrides: list[str] | tuple
         layers = merge_layers(merge_layers({k: v for k, v in data.items() if k != "evaluate"}, stage), user)
         configs[name] = config_from_dict({k: v for k, v in layers.items() if k != "evaluate"})
     if not with_icn:
-        base.evaluate.methods = [m for m in base.evaluate.methods if "icn" not in m]
+        base = replace(base, evaluate=replace(base.evaluate, methods=[m for m in base.evaluate.methods
+                                                                      if "icn" not in m]))
     return base, configs
 
 
@@ -96,9 +98,8 @@ def quickstart(config: str | Path | None = None, overrides: list[str] | tuple = 
 
     t0 = time.time()
     root = ensure_generated(base.dataset, progress=progress)
-    base.dataset.root = str(root)
-    for cfg in stages.values():
-        cfg.dataset.root = str(root)
+    base = replace(base, dataset=replace(base.dataset, root=str(root)))
+    stages = {name: replace(cfg, dataset=replace(cfg.dataset, root=str(root))) for name, cfg in stages.items()}
     times["data"] = time.time() - t0
     log.info("data: %s (%.0f s)", root, times["data"])
 

@@ -105,7 +105,7 @@ class Evaluator:
         ctx = self.ctx
         self.models = {name: load_evaluated_model(self.cfg, name, ctx.device)
                        for name in dict.fromkeys(m.model for m in self.methods)}
-        adopt_normalisation(self.cfg, list(self.models.values()))
+        self.cfg = adopt_normalisation(self.cfg, list(self.models.values()))
         dataset = build_dataset(self.cfg.dataset, self.split, train=False)
         self.scenes = scene_source(dataset, self.metrics)
         for name, model in self.models.items():

@@ -5,7 +5,7 @@ The result holds arrays only; `xbench.report.figures.explanation_figure` draws i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ def explain_image(method: str, image: str | Path, checkpoint: str | Path, top_k:
     model = model.to(device).eval()
     cfg = config_from_dict(info["config"]) if info.get("config") else given
     if not info.get("config") and not given.is_explicit("dataset.image_size"):
-        cfg.dataset.image_size = _native_size(model, cfg.dataset.image_size)
+        cfg = replace(cfg, dataset=replace(cfg.dataset, image_size=_native_size(model, cfg.dataset.image_size)))
     classes = model_classes(int(info["num_classes"]), info.get("class_names"),
                             given.evaluate.class_names.get(spec.model), origin=str(checkpoint))
     names = classes.names if classes else [str(i) for i in range(info["num_classes"])]

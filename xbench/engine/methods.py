@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -128,13 +128,13 @@ def load_evaluated_model(cfg: Config, name: str, device) -> EvaluatedModel:
     return EvaluatedModel(name, ready_for_scoring(module, device), path, info, file_sha256(path), classes)
 
 
-def adopt_normalisation(cfg: Config, models: list[EvaluatedModel]) -> None:
-    """Normalise the data as the models were trained: their checkpoints' mean/std, unless the user set
-    dataset.mean/std. Models trained with different normalisations cannot share one evaluation."""
+def adopt_normalisation(cfg: Config, models: list[EvaluatedModel]) -> Config:
+    """`cfg` with the data normalised as the models were trained: their checkpoints' mean/std, unless the user
+    set dataset.mean/std. Models trained with different normalisations cannot share one evaluation."""
     stored = {m.name: (tuple(m.info["normalisation"]["mean"]), tuple(m.info["normalisation"]["std"]))
               for m in models if (m.info.get("normalisation") or {}).get("mean")}
     if not stored or cfg.is_explicit("dataset.mean") or cfg.is_explicit("dataset.std"):
-        return
+        return cfg
     if len(set(stored.values())) > 1:
         listed = "; ".join(f"{n}: mean {v[0]}, std {v[1]}" for n, v in stored.items())
         raise ValueError(f"the models were trained with different normalisations ({listed}); evaluate them "
@@ -142,4 +142,5 @@ def adopt_normalisation(cfg: Config, models: list[EvaluatedModel]) -> None:
     mean, std = next(iter(stored.values()))
     if (tuple(cfg.dataset.mean), tuple(cfg.dataset.std)) != (mean, std):
         log.info("normalising the data as %s were trained: mean %s, std %s", ", ".join(stored), mean, std)
-        cfg.dataset.mean, cfg.dataset.std = mean, std
+        return replace(cfg, dataset=replace(cfg.dataset, mean=mean, std=std))
+    return cfg

@@ -146,7 +146,7 @@ def roar(cfg: Config, methods: list[str], fractions: list[float], modes: tuple[s
     out = Path(out or Path("results") / f"{cfg.dataset.name}_roar")
     device = resolve_device(device)
     explained = [load_evaluated_model(cfg, name, device) for name in dict.fromkeys(m.split("@")[1] for m in labels)]
-    adopt_normalisation(cfg, explained)
+    cfg = adopt_normalisation(cfg, explained)
     train_base = build_dataset(cfg.dataset, cfg.dataset.train_split, train=False)
     test_base = build_dataset(cfg.dataset, cfg.dataset.eval_split, train=False)
     kept, held = holdout(train_base, cfg.dataset.val_fraction, cfg.seed)

@@ -17,6 +17,7 @@ import math
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -189,7 +190,7 @@ class Trainer:
         recipe default it overrode) and provenance.json with every session's environment and command."""
         built = arch_options(self.model)
         kept = {k: v for k, v in self.cfg.model.options.items() if k in INIT_OPTIONS}
-        self.cfg.model.options = {**kept, **built}
+        self.cfg = replace(self.cfg, model=replace(self.cfg.model, options={**kept, **built}))
         self.cfg.save(self.run_dir / "config.yaml")
         record_provenance(self.run_dir / "provenance.json", self.ctx.device)
 
