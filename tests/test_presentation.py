@@ -33,8 +33,8 @@ from xbench.report.figures import (
     short_class_names,
 )
 from xbench.report.html import WEB_WIDTH
-from xbench.report.leaderboard import LATEX_PACKAGES, headline_metrics, to_latex
 from xbench.report.style import method_styles, overlapping_texts
+from xbench.report.tables import LATEX_PACKAGES, headline_metrics, to_latex
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MODELS = ("cnn", "ca_stream", "intr", "vit_small")

@@ -27,7 +27,8 @@ from xbench.report import (
     leaderboard_of,
     write_leaderboard,
 )
-from xbench.report.leaderboard import CENTRE, _holm, wide_table
+from xbench.report.leaderboard import CENTRE, _holm
+from xbench.report.tables import wide_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -25,7 +25,7 @@ from xbench.metrics import column_table
 from xbench.registry import EXPLAINERS, register_explainer
 from xbench.report import build_leaderboard
 from xbench.report.html import leaderboard_table
-from xbench.report.leaderboard import TABLE_NOTE, headline_table, wide_table
+from xbench.report.tables import TABLE_NOTE, headline_table, wide_table
 from xbench.seeds import content_seed
 from xbench.train.trainer import train
 

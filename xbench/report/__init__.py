@@ -10,7 +10,8 @@ import importlib
 from pathlib import Path
 
 from ..engine.store import load_columns, load_results
-from .leaderboard import Leaderboard, build_leaderboard, combine, terminal_table, to_markdown, write_leaderboard
+from .leaderboard import Leaderboard, build_leaderboard, combine
+from .tables import terminal_table, to_markdown, write_leaderboard
 
 __all__ = ["Leaderboard", "build_leaderboard", "combine", "write_leaderboard", "to_markdown", "terminal_table",
            "all_figures",

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .leaderboard import ARROW, PARTIAL, TABLE_NOTE, Leaderboard, cell_text, headline_metrics, partial
+from .leaderboard import ARROW, Leaderboard
+from .tables import PARTIAL, TABLE_NOTE, cell_text, headline_metrics, partial
 
 WEB_WIDTH = 1200  # px: the width of the page's column (wider images are only scaled down by the browser)
 

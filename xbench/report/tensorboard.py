@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .leaderboard import TABLE_NOTE, Leaderboard, headline_metrics, headline_table
+from .leaderboard import Leaderboard
+from .tables import TABLE_NOTE, headline_metrics, headline_table
 
 
 def run_name(method: str) -> str:
