@@ -25,8 +25,8 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check xbench tests benchmarks scripts
 
-# A non-editable install ships the recipes: build the wheel, install it in a fresh venv, run the CLI and
-# load a packaged recipe from outside the source tree.
+# A non-editable install ships the recipes and the report's templates: build the wheel, install it in a fresh
+# venv, run the CLI, load a packaged recipe and the report templates from outside the source tree.
 WHEEL_VENV ?= /tmp/xbench-wheel-venv
 wheel-check: | $(BIN)/python
 	rm -rf dist $(WHEEL_VENV)
@@ -39,6 +39,9 @@ wheel-check: | $(BIN)/python
 	assert (cfg.dataset.image_size, cfg.train.epochs, cfg.model.options['backbone']) == (224, 30, 'resnet50'), cfg; \
 	assert load_config(['paper/intr_cub.yaml']).train.epochs == 140; \
 	assert load_config(['roar/quickstart.yaml']).train.epochs == 6; print('wheel: recipes load')"
+	cd / && $(WHEEL_VENV)/bin/python -c "from xbench.report.html import templates; \
+	assert all(templates().get_template(t) for t in ('report.html.j2', 'leaderboard.html.j2')); \
+	print('wheel: report templates load')"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis dist build

@@ -239,3 +239,19 @@ def test_confidence_intervals_agree_with_scipy_bootstrap(kind):
     width = reference.confidence_interval.high - reference.confidence_interval.low
     assert cell["lo"] == pytest.approx(reference.confidence_interval.low, abs=0.05 * width)
     assert cell["hi"] == pytest.approx(reference.confidence_interval.high, abs=0.05 * width)
+
+
+def test_leaderboard_html_is_the_reports_full_table_and_escapes_what_it_shows(tmp_path):
+    from xbench.report.html import leaderboard_table
+    from xbench.report.tables import to_html
+
+    rows = pd.DataFrame({"method": ["<script>x</script>@cnn"] * 4 + ["random@cnn"] * 4, "index": list(range(4)) * 2,
+                         "label": [0, 1, 0, 1] * 2, "sparseness": [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6, 0.7]})
+    board = build_leaderboard(rows, {}, column_table(["sparseness"]), resamples=50)
+    page = to_html(board)
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;@cnn" in page
+    assert page.count('<table class="sortable leaderboard">') == 1 and "sparseness ↑" in page
+    table = leaderboard_table(board)
+    assert table["head"][:3] == ["method", "acc@1", "scored"] and len(table["rows"]) == 2
+    best = [r for r in table["rows"] if r["cells"][0]["text"] == "random@cnn"][0]["cells"][3]
+    assert best["bold"] and best["value"] == pytest.approx(board.cells.set_index("method").loc["random@cnn", "mean"])

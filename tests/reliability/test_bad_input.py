@@ -25,7 +25,7 @@ from xbench.metrics import column_table
 from xbench.registry import EXPLAINERS, register_explainer
 from xbench.report import build_leaderboard
 from xbench.report.html import leaderboard_table
-from xbench.report.tables import TABLE_NOTE, headline_table, wide_table
+from xbench.report.tables import TABLE_NOTE, headline_table, to_html, wide_table
 from xbench.seeds import content_seed
 from xbench.train.trainer import train
 
@@ -184,8 +184,9 @@ def test_degenerate_maps_never_crash_and_nonfinite_rows_are_flagged_not_averaged
     full = wide_table(board, "plain")
     assert full.loc[0, "method"] == "faulty_test_maps@cnn †" and full.loc[0, "scored"] == scored
     assert headline_table(board, "plain").loc[0, "method"] == "faulty_test_maps@cnn †"
-    assert f">{scored}</td>" in leaderboard_table(board)
-    assert "faulty_test_maps@cnn †" in leaderboard_table(board, ["insertion"], ranks=False)
+    assert f">{scored}</td>" in to_html(board)  # leaderboard.html, the report's full table
+    assert leaderboard_table(board, ["insertion"], ranks=False)["rows"][0]["cells"][0]["text"] == \
+        "faulty_test_maps@cnn †"
     assert "†" in TABLE_NOTE
     clean = build_leaderboard(rows.drop(columns="kind").assign(nonfinite=False), curves, column_table())
     assert wide_table(clean, "plain").loc[0, "method"] == "faulty_test_maps@cnn"  # no mark when all were scored

@@ -23,7 +23,7 @@ PARTIAL = " †"  # marks a method that scored fewer images than the run holds
 # Each metric family's headline column, the first of these the run holds (else the family's first column).
 HEADLINE = ("insertion", "pointing_game_parts", "pointing_game_mask", "pointing_game_box", "energy_pointing_game_box",
             "sparseness", "randomisation_spearman")
-BOLD = {"md": "**{}**", "tex": "\\textbf{{{}}}", "html": "<b>{}</b>", "plain": "{}", "terminal": "{}*"}
+BOLD = {"md": "**{}**", "tex": "\\textbf{{{}}}", "plain": "{}", "terminal": "{}*"}
 
 
 def headline_metrics(board: Leaderboard) -> list[str]:
@@ -184,7 +184,10 @@ def to_latex(board: Leaderboard) -> str:
 
 
 def to_html(board: Leaderboard) -> str:
-    return wide_table(board, "html").to_html(index=False, escape=False, classes="leaderboard", border=0)
+    """leaderboard.html: the report's full table, sortable, on a page of its own (one HTML table builder)."""
+    from .html import leaderboard_page  # jinja2 and the templates, only when HTML is written
+
+    return leaderboard_page(board)
 
 
 def write_leaderboard(board: Leaderboard, out_dir, formats=("md", "csv", "tex", "html")) -> list:
