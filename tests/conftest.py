@@ -17,6 +17,16 @@ from xbench.train.trainer import train
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+PRETRAINED_FIXTURES = {"lite0", "pretrained"}  # the real ImageNet network the reference tests run
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test on the pretrained network is slow by definition (the equality tests against Quantus, captum and
+    the libraries): `-m "not slow"` leaves them to `make test`."""
+    for item in items:
+        if PRETRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory):
@@ -49,6 +59,19 @@ def tiny_run_setup(tmp_path_factory):
         payload = checkpoint_payload(model, name, 3, classes, {"model": {"name": name, **options}})
         save_checkpoint(base / "runs" / "synth" / name / "best.pt", payload)
     return base, overrides
+
+
+@pytest.fixture(scope="session")
+def reported_run(tiny_run_setup):
+    """One evaluation of five methods (CAM, both ante-hoc models, two baselines) on the tiny data, and its
+    full report (tables, every figure, report.html): (run directory, what full_report wrote)."""
+    from xbench.engine.evaluate import evaluate
+    from xbench.report import full_report
+
+    base, overrides = tiny_run_setup
+    run = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,ca_stream,random,centre"]),
+                   out=base / "report_run", progress=False)
+    return run, full_report(run)
 
 
 CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]

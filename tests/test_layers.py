@@ -35,6 +35,7 @@ def _reached(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes))
 
 
+@pytest.mark.slow  # a subprocess per layer
 @pytest.mark.parametrize("layer", ["xbench.datasets", "xbench.methods", "xbench.metrics"])
 def test_lower_layers_import_nothing_above_them(layer):
     assert _reached(_modules_after(f"import {layer}"), UPPER) == []
@@ -100,6 +101,7 @@ def test_the_engine_never_imports_the_reports():
     assert {k: v for k, v in offending.items() if v} == {}
 
 
+@pytest.mark.slow  # a subprocess
 def test_reports_never_reach_the_engine_or_the_models():
     offending = {str(path.relative_to(PACKAGE)): _reached(set(_imports_of(path)),
                                                           ("xbench.engine", "xbench.methods", "xbench.metrics"))
@@ -111,6 +113,7 @@ def test_reports_never_reach_the_engine_or_the_models():
                                                              "xbench.methods", "xbench.metrics") + HEAVY) == []
 
 
+@pytest.mark.slow  # a subprocess
 def test_leaderboard_command_reads_only_the_store(tiny_run_setup, tmp_path):
     base, overrides = tiny_run_setup
     run = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,random"]), out=base / "layers_run",

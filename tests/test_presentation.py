@@ -18,11 +18,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xbench.config import load_config
-from xbench.engine.evaluate import evaluate
 from xbench.engine.explain import Explanation
 from xbench.metrics import column_table
-from xbench.report import build_leaderboard, full_report, terminal_table
+from xbench.report import build_leaderboard, terminal_table
 from xbench.report.figures import (
     draw_curves,
     draw_dotplot,
@@ -200,11 +198,9 @@ def test_latex_names_its_packages_and_has_a_headline_and_a_full_table(synthetic)
 
 
 @pytest.fixture(scope="module")
-def report(tiny_run_setup):
-    base, overrides = tiny_run_setup
-    run = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,ca_stream,random,centre"]),
-                   out=base / "presentation_run", progress=False)
-    return run, full_report(run)["report"]
+def report(reported_run):
+    run, written = reported_run
+    return run, written["report"]
 
 
 class _Sections(HTMLParser):

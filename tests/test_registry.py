@@ -71,6 +71,7 @@ def test_plugin_package_appears_in_xbench_list(tmp_path):
                           check=True).stdout.strip() == "Sequential"
 
 
+@pytest.mark.slow  # a subprocess
 def test_broken_plugin_is_reported_not_fatal(tmp_path):
     dist = tmp_path / "broken-0.1.dist-info"
     dist.mkdir()
@@ -97,6 +98,7 @@ def test_every_built_in_metric_and_column_is_documented_in_docs_metrics():
     assert missing == [], f"not in docs/metrics.md: {missing}"
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_readme_extending_examples_run_as_written(tmp_path):
     """The README's worked explainer and metric, and the call that uses them, run in a fresh interpreter."""
     from pathlib import Path

@@ -14,16 +14,12 @@ from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from xbench.cli import app
-from xbench.config import load_config
-from xbench.engine.evaluate import evaluate
 from xbench.engine.explain import explain_image
 from xbench.engine.store import load_results
 from xbench.metrics import column_table
 from xbench.report import (
-    all_figures,
     build_leaderboard,
     explanation_figure,
-    full_report,
     leaderboard_of,
     write_leaderboard,
 )
@@ -34,10 +30,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run_setup):
-    base, overrides = tiny_run_setup
-    return evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,ca_stream,random,centre"]),
-                    out=base / "report_run", progress=False)
+def run(reported_run):
+    return reported_run[0]
+
+
+@pytest.fixture(scope="module")
+def written(reported_run):
+    return reported_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +91,14 @@ def test_bold_marks_the_best_and_those_not_significantly_worse(run, board):
     assert md.set_index("method").loc[best_insertion, "insertion ↑"].startswith("**")
 
 
-def test_every_figure_is_written(run, board, tmp_path):
-    paths = all_figures(run, board, tmp_path / "figs")
+def test_every_figure_is_written(run, written):
+    paths = written["figures"]
     names = {p.name for p in paths}
     for stem in ("curves", "dotplot", "rank_heatmap", "qualitative", "intr_heads"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
     for path in paths:
         assert path.stat().st_size > 1000
-    with Image.open(tmp_path / "figs" / "intr_heads.png") as img:
+    with Image.open(run / "figures" / "intr_heads.png") as img:
         assert img.width > 600
 
 
@@ -114,8 +113,7 @@ class _Images(HTMLParser):
         self.tables += tag == "table"
 
 
-def test_html_report_is_self_contained(run):
-    written = full_report(run)
+def test_html_report_is_self_contained(run, written):
     page = written["report"].read_text()
     parser = _Images()
     parser.feed(page)
@@ -179,8 +177,8 @@ def test_explain_one_image(tiny_run_setup, tmp_path):
 @pytest.mark.slow
 @pytest.mark.chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(run, tmp_path):
-    page = full_report(run)["report"]
+def test_report_renders_in_headless_chromium(written, tmp_path):
+    page = written["report"]
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
