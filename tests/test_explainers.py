@@ -23,7 +23,8 @@ def xbench_explainers() -> list[str]:
     """Every explainer xbench itself registers (other tests may register their own)."""
     return [n for n in xbench.list_explainers() if EXPLAINERS.get(n).factory.__module__.startswith("xbench.")]
 FAST = {"rise": {"masks": 48, "batch_size": 40}, "integrated_gradients": {"steps": 8},
-        "smoothgrad": {"samples": 4}, "gradient_shap": {"samples": 4}, "occlusion": {"window": 16, "stride": 16}}
+        "smoothgrad": {"samples": 4}, "gradient_shap": {"samples": 4}, "occlusion": {"window": 16, "stride": 16},
+        "deeplift_shap": {"baselines": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def test_maps_equal_the_library_called_directly(models, images, name, cam_class)
 
 # Explainers of one kind of model, and the message they refuse others with (ViTs: tests/test_own_model.py).
 ONLY_FOR = {"attention": (("ca_stream", "intr"), "has no attention of its own"),
-            "attention_rollout": ((), "needs a timm vision transformer")}
+            "attention_rollout": ((), "needs a timm vision transformer"),
+            "lrp_epsilon_plus_flat": (("cnn",), "LRP's rules do not fit"),
+            "lrp_epsilon_gamma_box": (("cnn",), "LRP's rules do not fit")}
 
 
 @pytest.mark.parametrize("family", ["cnn", "ca_stream", "intr"])

@@ -12,16 +12,30 @@ of its batch.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
-from captum.attr import GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+from captum.attr import (
+    DeepLift,
+    DeepLiftShap,
+    GradientShap,
+    GuidedBackprop,
+    GuidedGradCam,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
 from torch import nn
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
 from ..datasets.transforms import pixel_colour
 from ..metrics.forward import chunk_size
 from ..registry import register_explainer
+from .backbones import default_layout
+from .cam import resolve_layer
 from .explainer import Explainer
 
 ANY_MODEL = "any differentiable classifier"
@@ -187,3 +201,86 @@ class GradientShapExplainer(SeededPerImage):
         noise = self.baseline_noise * torch.randn(4, *image.shape[1:], device=image.device)
         baselines = self.colour(self.baseline, image) + noise
         return GradientShap(self.model).attribute(image, baselines=baselines, n_samples=self.samples, target=target)
+
+
+@contextlib.contextmanager
+def _quiet_hook_notices():
+    """captum announces the hooks it sets on activations on every call; the engine calls it per batch."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting (forward, )?backward hooks", category=UserWarning)
+        yield
+
+
+@register_explainer("deeplift", description="DeepLIFT, rescale rule (Shrikumar et al. 2017), from a constant "
+                    "baseline", models=ANY_MODEL)
+class DeepLiftExplainer(CaptumExplainer):
+    """captum's DeepLift from the `baseline` colour. The rescale rule applies to captum's supported
+    non-linearities (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus, max-pooling, Softmax modules); any other
+    (ReLU6, SiLU, GELU, functional calls) passes its gradient. Σa = f(x) - f(baseline) (summation to delta)."""
+
+    def __init__(self, model: nn.Module, baseline=SUBSTRATE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 memory_budget_mb: float = 1024):
+        super().__init__(model, mean, std, memory_budget_mb)
+        self.baseline = baseline
+
+    def attribute(self, images, targets):
+        with _quiet_hook_notices():
+            return DeepLift(self.model).attribute(images, baselines=self.completeness_reference(images),
+                                                  target=targets)
+
+    def completeness_reference(self, images):
+        return self.colour(self.baseline, images).expand_as(images).contiguous()
+
+
+@register_explainer("deeplift_shap", description="DeepLIFT-SHAP: DeepLIFT averaged over noisy baselines "
+                    "(Lundberg & Lee 2017)", models=ANY_MODEL)
+class DeepLiftShapExplainer(CaptumExplainer):
+    """captum's DeepLiftShap over `baselines` references: the `baseline` colour plus Gaussian noise of std
+    `baseline_noise` (normalised units), drawn once per call from `seed` and shared by every image, so a map
+    does not depend on its batch."""
+
+    def __init__(self, model: nn.Module, baselines: int = 8, baseline=SUBSTRATE, baseline_noise: float = 1.0,
+                 seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, memory_budget_mb: float = 1024):
+        super().__init__(model, mean, std, memory_budget_mb)
+        self.baselines, self.baseline, self.baseline_noise, self.seed = baselines, baseline, baseline_noise, seed
+
+    def references(self, images: torch.Tensor) -> torch.Tensor:
+        """(baselines, C, H, W) reference images."""
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(self.baselines, *images.shape[1:], generator=generator, dtype=images.dtype)
+        return self.colour(self.baseline, images) + self.baseline_noise * noise.to(images.device)
+
+    def attribute(self, images, targets):
+        references = self.references(images)
+        # captum forwards every image against every reference, and the references too
+        per_pass = max(1, self.images_per_pass(images, backward=True) // (2 * self.baselines))
+        with _quiet_hook_notices():
+            return torch.cat([DeepLiftShap(self.model).attribute(images[i:i + per_pass], baselines=references,
+                                                                 target=targets[i:i + per_pass])
+                              for i in range(0, len(images), per_pass)])
+
+
+@register_explainer("guided_backprop", description="Guided Backpropagation (Springenberg et al. 2015)",
+                    models="models with nn.ReLU modules (captum overrides their backward)")
+class GuidedBackpropExplainer(CaptumExplainer):
+    def attribute(self, images, targets):
+        with _quiet_hook_notices():
+            return GuidedBackprop(self.model).attribute(images, target=targets)
+
+
+@register_explainer("guided_gradcam", description="Guided Grad-CAM: guided backpropagation times the upsampled "
+                    "Grad-CAM (Selvaraju et al. 2017)", models="CNN-backed models (the CAM family's layer)")
+class GuidedGradCamExplainer(CaptumExplainer):
+    """captum's GuidedGradCam on `target_layer` (default: the CAM family's layer, which must lie NCHW)."""
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 memory_budget_mb: float = 1024):
+        super().__init__(model, mean, std, memory_budget_mb)
+        self.layer = resolve_layer(model, target_layer)
+        if default_layout(model, self.layer) != "nchw":
+            raise ValueError(f"guided_gradcam needs a convolutional layer (N, C, H, W); {type(model).__name__}'s "
+                             f"layer lies as {default_layout(model, self.layer)}: use gradcam with that layout")
+
+    def attribute(self, images, targets):
+        with _quiet_hook_notices():
+            return GuidedGradCam(self.model, self.layer).attribute(images, target=targets)

@@ -33,7 +33,10 @@ class _MinimumSize:
         self.minimum = minimum
 
     def __call__(self, module, inputs):
-        check_input_size(inputs[0], self.minimum, "cnn")
+        images = inputs[0]
+        while isinstance(images, (tuple, list)):  # captum's DeepLift calls the model with (inputs, baselines)
+            images = images[0]
+        check_input_size(images, self.minimum, "cnn")
 
 
 def read_plain_classifier(ckpt: dict, origin: str, num_classes: int | None = None, options: dict | None = None):
