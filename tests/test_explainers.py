@@ -62,7 +62,8 @@ def test_maps_equal_the_library_called_directly(models, images, name, cam_class)
 ONLY_FOR = {"attention": (("ca_stream", "intr"), "has no attention of its own"),
             "attention_rollout": ((), "needs a timm vision transformer"),
             "lrp_epsilon_plus_flat": (("cnn",), "LRP's rules do not fit"),
-            "lrp_epsilon_gamma_box": (("cnn",), "LRP's rules do not fit")}
+            "lrp_epsilon_gamma_box": (("cnn",), "LRP's rules do not fit"),
+            "transformer_relevancy": (("intr",), "transformer relevancy explains intr, icn and timm vision")}
 
 
 @pytest.mark.parametrize("family", ["cnn", "ca_stream", "intr"])

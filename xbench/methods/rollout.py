@@ -21,6 +21,31 @@ from .explainer import Explainer
 FUSIONS = ("mean", "max", "min")
 
 
+def vit_forward(model: nn.Module, images: torch.Tensor, keep_gradients: bool = False):
+    """(the output of a timm vision transformer, every block's post-softmax attention (B, heads, N, N)), the
+    attention read where the attention dropout gets it. With `keep_gradients` the attentions stay in the graph
+    and keep their `.grad` after a backward pass from the output."""
+    captured, hooks, fused = [], [], []
+
+    def keep(module, inputs, output):
+        attention = inputs[0]
+        if keep_gradients:
+            attention.retain_grad()
+        captured.append(attention if keep_gradients else attention.float())
+
+    for block in model.blocks:
+        fused.append(getattr(block.attn, "fused_attn", False))
+        block.attn.fused_attn = False  # the fused kernel never materialises the weights
+        hooks.append(block.attn.attn_drop.register_forward_hook(keep))
+    try:
+        output = model(images)
+    finally:
+        for hook, block, flag in zip(hooks, model.blocks, fused):
+            hook.remove()
+            block.attn.fused_attn = flag
+    return output, captured
+
+
 @register_explainer("attention_rollout", description="attention rollout (Abnar & Zuidema 2020), class-agnostic",
                     models="timm vision transformers (ViT, DeiT, register tokens)")
 class AttentionRolloutExplainer(Explainer):
@@ -32,27 +57,12 @@ class AttentionRolloutExplainer(Explainer):
         super().__init__(model)
         self.head_fusion, self.residual = head_fusion, residual
 
-    def attentions(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Every block's post-softmax attention (B, heads, N, N), read where the attention dropout gets it."""
-        captured, hooks, fused = [], [], []
-        for block in self.model.blocks:
-            fused.append(getattr(block.attn, "fused_attn", False))
-            block.attn.fused_attn = False  # the fused kernel never materialises the weights
-            hooks.append(block.attn.attn_drop.register_forward_hook(lambda m, i, o: captured.append(i[0].float())))
-        try:
-            self.model(images)
-        finally:
-            for hook, block, flag in zip(hooks, self.model.blocks, fused):
-                hook.remove()
-                block.attn.fused_attn = flag
-        return captured
-
     @torch.no_grad()
     def explain(self, images, targets):
         prefix, (ph, pw) = token_layout(self.model)
         grid = (images.shape[-2] // ph, images.shape[-1] // pw)
         rollout = None
-        for attention in self.attentions(images):
+        for attention in vit_forward(self.model, images)[1]:
             fused = getattr(attention, self.head_fusion)(1)
             fused = fused.values if self.head_fusion != "mean" else fused
             eye = torch.eye(fused.shape[-1], device=fused.device, dtype=fused.dtype)
