@@ -176,3 +176,12 @@ def test_list_shows_the_models_each_explainer_supports():
     for name in ("gradcam", "scorecam", "integrated_gradients", "rise", "random", "centre", "uniform"):
         assert name in out
     assert "attention" in out and "[models: ca_stream, intr, icn]" in out
+
+
+def test_every_explainer_is_in_the_readmes_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme[readme.index("### Explainers"):readme.index("## Training")]
+    missing = [name for name in xbench_explainers() if f"`{name}`" not in table]
+    assert not missing, f"README's explainer table lacks {missing}"

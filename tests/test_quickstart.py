@@ -12,9 +12,9 @@ from xbench.quickstart import load_quickstart, quickstart
 from xbench.report.leaderboard import CENTRE
 
 pytestmark = pytest.mark.slow  # trains three models and evaluates every metric
-METHODS = ["attention@intr", "attention@ca_stream", "gradcam@cnn", "gradcampp@cnn", "scorecam@cnn",
-           "gradcam@ca_stream", "gradcam@intr", "integrated_gradients@cnn", "rise@cnn", "random@cnn",
-           "centre@cnn", "uniform@cnn"]
+METHODS = ["attention@intr", "attention@ca_stream", "transformer_relevancy@intr", "gradcam@cnn", "gradcampp@cnn",
+           "scorecam@cnn", "gradcam@ca_stream", "gradcam@intr", "integrated_gradients@cnn", "deeplift@cnn",
+           "lrp_epsilon_plus_flat@cnn", "guided_gradcam@cnn", "rise@cnn", "random@cnn", "centre@cnn", "uniform@cnn"]
 
 
 def tiny_config(tmp_path):
