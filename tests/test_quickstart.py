@@ -14,7 +14,8 @@ from xbench.report.leaderboard import CENTRE
 pytestmark = pytest.mark.slow  # trains three models and evaluates every metric
 METHODS = ["attention@intr", "attention@ca_stream", "transformer_relevancy@intr", "gradcam@cnn", "gradcampp@cnn",
            "scorecam@cnn", "gradcam@ca_stream", "gradcam@intr", "integrated_gradients@cnn", "deeplift@cnn",
-           "lrp_epsilon_plus_flat@cnn", "guided_gradcam@cnn", "rise@cnn", "random@cnn", "centre@cnn", "uniform@cnn"]
+           "deeplift_shap@cnn", "lrp_epsilon_plus_flat@cnn", "lrp_epsilon_gamma_box@cnn", "guided_backprop@cnn",
+           "guided_gradcam@cnn", "rise@cnn", "random@cnn", "centre@cnn", "uniform@cnn"]
 
 
 def tiny_config(tmp_path):
