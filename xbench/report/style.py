@@ -36,8 +36,12 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     """`name`.png and `name`.pdf in `out_dir`; closes the figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    fig.savefig(paths[0], bbox_inches="tight", pil_kwargs={"optimize": True})
-    fig.savefig(paths[1], bbox_inches="tight")
+    # The tight box is measured once for both files (each measurement draws the whole figure), and the PNG is
+    # written at zlib's default level: PIL's `optimize` took a quarter of a report's time for ~10% smaller files.
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+    fig.savefig(paths[0], bbox_inches=box)
+    fig.savefig(paths[1], bbox_inches=box)
     plt.close(fig)
     return paths
 
