@@ -140,6 +140,29 @@ def test_road_removes_the_right_pixels_and_its_noise_does_not_depend_on_the_batc
     assert not torch.allclose(noisy, out)
 
 
+def test_road_noise_is_in_pixel_units_as_the_official_imputer_adds_it():
+    """The official protocol runs NoisyLinearImputer(noise=0.01) on ToTensor images in [0, 1] and normalises
+    afterwards: imputed pixel = linear solution + 0.01 N(0, 1) in pixel units. On a real photo, normalised
+    with ImageNet's statistics, xbench's imputed pixels taken back to pixel units are the noise-free
+    imputation plus noise of std 0.01 per channel (it was 0.01 x std_c, about 4.4 times smaller), and the
+    noise-free part is the imputation of the pixel-space photo, normalised."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with Image.open(SKIMAGE / "chelsea.png") as img:
+        pixels = torch.from_numpy(np.asarray(img.convert("RGB").resize((64, 64)), np.float32) / 255).permute(2, 0, 1)
+    images = ((pixels - mean) / std)[None].double()
+    order = descending_order(torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0)))
+    noisy = road_images(images, order, (50,), noise=0.01, seed=3, std=std.flatten().tolist())
+    clean = road_images(images, order, (50,), noise=0.0)
+    in_pixels = clean[0, 0, 0] * std + mean
+    torch.testing.assert_close(in_pixels, road_images(pixels[None].double(), order, (50,), noise=0.0)[0, 0, 0])
+    removed = (noisy != clean)[0, 0, 0].any(0)
+    assert int(removed.sum()) == 64 * 64 // 2
+    residual = ((noisy - clean)[0, 0, 0] * std)[:, removed]  # pixel units, (3, removed pixels)
+    for channel in residual:
+        assert float(channel.std()) == pytest.approx(0.01, rel=0.05)
+        assert abs(float(channel.mean())) < 0.001
+
+
 def test_region_perturbation_equals_quantus(lite0, photos):
     images, targets, maps = photos
     x, y, a = _quantus_inputs(photos)

@@ -105,7 +105,7 @@ def score_average_drop_gain(inp: MetricInput) -> MetricOutput:
                  "up) salient pixels imputed by noisy linear imputation (opt-in)",
                  columns={"road_morf": column("lower"), "road_lerf": column("higher")})
 def score_road(inp: MetricInput) -> MetricOutput:
-    r = road(inp.model, inp.images, inp.maps, inp.targets, batch_size=inp.chunk)
+    r = road(inp.model, inp.images, inp.maps, inp.targets, std=inp.std, batch_size=inp.chunk)
     return MetricOutput({"road_morf": r["morf"], "road_lerf": r["lerf"]},
                         {"road_morf_curve": r["morf_curve"], "road_lerf_curve": r["lerf_curve"]})
 

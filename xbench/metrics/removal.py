@@ -81,10 +81,13 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor) -> torch.Tens
 
 
 def road_images(images: torch.Tensor, order: torch.Tensor, percentages=ROAD_PERCENTAGES, noise: float = 0.01,
-                seed: int = 0) -> torch.Tensor:
+                seed: int = 0, std=(1.0, 1.0, 1.0)) -> torch.Tensor:
     """(2, B, P, C, H, W): each image with the first floor(H*W*p/100) pixels of `order` (B, H*W) imputed
-    (MoRF), then with the last ones (LeRF), plus `noise` x N(0, 1) on the imputed pixels drawn from
-    `seed` and the image's content (`seeds.content_generator`), so a score never depends on the batch."""
+    (MoRF), then with the last ones (LeRF), plus `noise` x N(0, 1) in pixel units on the imputed pixels,
+    drawn from `seed` and the image's content (`seeds.content_generator`), so a score never depends on
+    the batch. `std`: the images' normalisation; the noise of channel c is noise / std_c in its units,
+    which makes the result the official pipeline's (impute and add noise on [0, 1] pixels, then
+    normalise: the imputation is linear with weights summing to 1, so it commutes with normalising)."""
     b, c, h, w = images.shape
     rank = positions(order)
     counts = torch.tensor([h * w * p // 100 for p in percentages], device=order.device)
@@ -101,17 +104,19 @@ def road_images(images: torch.Tensor, order: torch.Tensor, percentages=ROAD_PERC
     if noise:
         fields = torch.stack([torch.randn(2, len(percentages), c, h, w, generator=content_generator(image, seed))
                               for image in images], 1).to(images)
-        out = out + noise * fields * removed[:, :, :, None]
+        scale = noise / torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 1, 1, -1, 1, 1)
+        out = out + scale * fields * removed[:, :, :, None]
     return out
 
 
 def road(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets: torch.Tensor,
-         percentages=ROAD_PERCENTAGES, noise: float = 0.01, seed: int = 0, batch_size: int | None = None,
-         memory_budget_mb: float = 1024) -> dict[str, torch.Tensor]:
+         percentages=ROAD_PERCENTAGES, noise: float = 0.01, seed: int = 0, std=IMAGENET_STD,
+         batch_size: int | None = None, memory_budget_mb: float = 1024) -> dict[str, torch.Tensor]:
     """ROAD (remove and debias) without retraining, per image.
 
-    images (B, 3, H, W) as the model takes them (the imputation is linear, so normalised or not
-    gives the same images; `noise` is in the images' units); saliency (B, h, w); targets (B,). For
+    images (B, 3, H, W) as the model takes them, normalised with `std` (the imputation is linear, so
+    normalised or not gives the same images; `noise` is in pixel units, as the official protocol's
+    NoisyLinearImputer(noise=0.01) on ToTensor images); saliency (B, h, w); targets (B,). For
     each percentage p the p% most (MoRF) or least (LeRF) salient pixels are imputed (`road_images`).
     Returns morf, lerf (B,): the mean probability of the target over the percentages (MoRF: lower
     is better; LeRF: higher); morf_curve, lerf_curve (B, P) the probabilities; morf_hits, lerf_hits
@@ -119,7 +124,7 @@ def road(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor, targets
     b = images.shape[0]
     targets = as_targets(targets, images)
     prepared = scoring_maps(saliency, tuple(images.shape[-2:]))
-    imputed = road_images(images, descending_order(prepared.maps), percentages, noise, seed)
+    imputed = road_images(images, descending_order(prepared.maps), percentages, noise, seed, std)
     item_targets = targets[None, :, None].expand(2, b, len(percentages)).reshape(-1)
     chunk = batch_size or chunk_size(model, images[0], memory_budget_mb)
     flat = imputed.flatten(0, 2)
