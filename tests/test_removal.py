@@ -342,6 +342,55 @@ def test_monotonicity_correlation_equals_quantus_on_the_same_grey_values(lite0, 
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-6)
 
 
+class _StableSortingNumpy:
+    """NumPy as a Quantus module sees it, with argsort made stable (ties by ascending index)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def argsort(a, axis=-1, **kwargs):
+        return np.argsort(a, axis=axis, kind="stable")
+
+
+def test_monotonicity_correlation_with_tied_saliency_orders_ties_by_pixel_index(lite0, photos, monkeypatch):
+    """Rectified, upsampled maps (Grad-CAM's kind) tie on more than half of the pixels, so which tied pixels fall
+    into which group decides the score. Quantus 0.6 orders them with NumPy's default (unstable) argsort: its
+    value depends on the sort's implementation. xbench orders ties by pixel index, and equals Quantus given a
+    stable sort on the same grey values; with its default sort Quantus gives other values on the same draws."""
+    import quantus.metrics.faithfulness.monotonicity_correlation as quantus_module
+
+    images, targets, _ = photos
+    coarse = torch.rand(len(images), 1, 4, 4, generator=torch.Generator().manual_seed(0)) - 0.5
+    tied = torch.nn.functional.interpolate(coarse, size=images.shape[-2:], mode="bilinear").clamp(min=0)[:, 0]
+    assert float((tied == 0).float().mean()) > 0.5
+
+    def quantus_scores():
+        drawn, uniform = [], np.random.uniform
+
+        def recorded(*args, **kwargs):
+            value = uniform(*args, **kwargs)
+            drawn.append(value)
+            return value
+        np.random.seed(0)
+        with monkeypatch.context() as patch:
+            patch.setattr(np.random, "uniform", recorded)
+            metric = quantus.MonotonicityCorrelation(nr_samples=2, features_in_step=SIZE * SIZE // 8,
+                                                     perturb_baseline="uniform", disable_warnings=True)
+            scores = metric(model=Grey(lite0).eval(), x_batch=images.numpy(), y_batch=targets.numpy(),
+                            a_batch=tied[:, None].numpy(), device="cpu")
+        return np.asarray(scores), torch.from_numpy(np.stack(drawn)).view(8, 2, len(images)).permute(2, 0, 1)
+
+    default, values = quantus_scores()
+    monkeypatch.setattr(quantus_module, "np", _StableSortingNumpy())
+    stable, same_values = quantus_scores()
+    torch.testing.assert_close(values, same_values)
+    ours = monotonicity_correlation(lite0, images.expand(-1, 3, -1, -1), tied, targets, groups=8, values=values,
+                                    mean=IDENTITY["mean"], std=IDENTITY["std"])
+    np.testing.assert_allclose(ours.numpy(), stable, atol=1e-6)
+    assert not np.allclose(default, stable, atol=1e-3)  # the tie order moves Quantus's own score
+
+
 def test_monotonicity_correlation_is_one_when_saliency_ranks_the_effects():
     weights = torch.zeros(1, 3, 4, 4)
     weights[..., 0, :] = 4.0  # row 0 moves the output most, then row 1, ...

@@ -34,7 +34,7 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD, SUBSTRATE
 from ..datasets.transforms import pixel_colour
 from ..seeds import content_generator
 from .forward import as_targets, chunk_size, target_probabilities
-from .saliency import descending_order, positions, scoring_maps, with_nan_rows
+from .saliency import ascending_order, descending_order, positions, scoring_maps, with_nan_rows
 
 ROAD_PERCENTAGES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 MAX_UNKNOWNS = 2_000_000  # imputed pixels per sparse solve (SuperLU's memory grows with them)
@@ -251,7 +251,7 @@ def monotonicity(model: nn.Module, images: torch.Tensor, saliency: torch.Tensor,
     targets = as_targets(targets, images)
     step = step or w
     prepared = scoring_maps(saliency, (h, w))
-    rank = positions(descending_order(prepared.maps).flip(1))  # ascending saliency
+    rank = positions(ascending_order(prepared.maps))  # ascending saliency
     n = math.ceil(h * w / step)
     fill = pixel_colour(substrate, mean, std, images)
 
@@ -291,7 +291,7 @@ def monotonicity_correlation(model: nn.Module, images: torch.Tensor, saliency: t
     prepared = scoring_maps(saliency, (h, w))
     step = math.ceil(h * w / groups)
     groups = math.ceil(h * w / step)
-    group_of = positions(descending_order(prepared.maps).flip(1)) // step  # groups in ascending saliency
+    group_of = positions(ascending_order(prepared.maps)) // step  # groups in ascending saliency
     if values is None:
         values = torch.stack([torch.rand(groups, samples, generator=content_generator(image, seed)) for image in images])
     values = values.to(images)

@@ -76,6 +76,12 @@ def descending_order(maps: torch.Tensor) -> torch.Tensor:
     return torch.argsort(-maps.flatten(1), dim=1, stable=True)
 
 
+def ascending_order(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) -> (B, H*W) pixel indices by ascending value, ties by ascending index (the order a stable
+    sort gives; NumPy's default argsort orders ties arbitrarily)."""
+    return torch.argsort(maps.flatten(1), dim=1, stable=True)
+
+
 def positions(order: torch.Tensor) -> torch.Tensor:
     """(B, N) -> (B, N): where each element stands in `order` (the inverse permutation); with
     `descending_order`, each pixel's rank (0 = most salient)."""
