@@ -58,8 +58,8 @@ def unfit_modules(model: nn.Module) -> dict[str, list[str]]:
     empty when the model fits."""
     unfit: dict[str, list[str]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, _TIMM_RESIDUAL) and _timm_residual_unfit(module):
-            unfit.setdefault(f"{type(module).__name__} with {_timm_residual_unfit(module)}", []).append(name)
+        if isinstance(module, _TIMM_RESIDUAL) and (reason := _timm_residual_unfit(module)):
+            unfit.setdefault(f"{type(module).__name__} with {reason}", []).append(name)
         elif not isinstance(module, _LAYERS + _CONTAINERS + _TIMM_RESIDUAL):
             unfit.setdefault(type(module).__name__, []).append(name or "the model")
     return unfit

@@ -16,8 +16,9 @@ row of R - I is all zero (a query whose self-attention got no positive gradient,
 decoder layer, whose queries attend over identical zero-initialised targets), the paper's eq. 8 divides
 0 by 0. The authors' code lets that NaN spread through the transpose to the whole cross-attention update
 and then zeroes it, so one such query erases the layer's contribution for every class; xbench takes
-the row as 0 (the limit of the normalisation), which leaves the other queries' terms as they are. The map of class c is row c of R_qi over
-the image tokens, on the feature grid: INTR's query c gives class c's logit. For a ViT (the CVPR 2021
+the row as 0 (the limit of the normalisation), which leaves the other queries' terms as they are. The
+map of class c is row c of R_qi over the image tokens, on the feature grid: INTR's query c gives class
+c's logit. For a ViT (the CVPR 2021
 follow-up's gradient form, the authors' `generate_relevance`): R = I, R += Ā R per block, and the map is
 the class token's row over the patch tokens (without a class token: the patch tokens' rows averaged).
 The maps are class-specific and non-negative.
@@ -31,9 +32,8 @@ import torch
 from torch import nn
 
 from ..registry import register_explainer
-from .backbones import is_timm_vit, token_layout
 from .explainer import Explainer
-from .rollout import vit_forward
+from .rollout import attention_readable, class_token_map, vit_forward
 from .transformer import Attention, Transformer
 
 
@@ -78,16 +78,14 @@ def _attention_kept(transformer: Transformer):
 
 def query_relevancy(transformer: Transformer, kept: dict[nn.Module, torch.Tensor]) -> torch.Tensor:
     """R_qi (B, C, N) from the kept attentions (with gradients) of the encoder and decoder layers."""
-    first = kept[transformer.encoder.layers[0].self_attn] if len(transformer.encoder.layers) else None
     cross = kept[transformer.decoder.layers[0].multihead_attn]
     b, _, c, n = cross.shape
     options = {"dtype": cross.dtype, "device": cross.device}
     image = torch.eye(n, **options).expand(b, n, n).clone()
     queries = torch.eye(c, **options).expand(b, c, c).clone()
     relevance = torch.zeros(b, c, n, **options)
-    if first is not None:
-        for layer in transformer.encoder.layers:
-            image = image + fuse_heads(kept[layer.self_attn]) @ image
+    for layer in transformer.encoder.layers:
+        image = image + fuse_heads(kept[layer.self_attn]) @ image
     for layer in transformer.decoder.layers:
         among_queries = fuse_heads(kept[layer.self_attn])
         queries, relevance = queries + among_queries @ queries, relevance + among_queries @ relevance
@@ -112,7 +110,7 @@ def vit_relevancy(attentions: list[torch.Tensor]) -> torch.Tensor:
 class TransformerRelevancyExplainer(Explainer):
     def __init__(self, model: nn.Module):
         self.detr_style = isinstance(getattr(model, "transformer", None), Transformer)
-        if not self.detr_style and not (is_timm_vit(model) and all(hasattr(b.attn, "attn_drop") for b in model.blocks)):
+        if not self.detr_style and not attention_readable(model):
             raise ValueError(f"transformer relevancy explains intr, icn and timm vision transformers, not "
                              f"{type(model).__name__}")
         super().__init__(model)
@@ -145,8 +143,4 @@ class TransformerRelevancyExplainer(Explainer):
     def _explain_vit(self, images, targets):
         logits, attentions = vit_forward(self.model, images, keep_gradients=True)
         self._backward_from_targets(logits, targets)
-        relevance = vit_relevancy(attentions)
-        prefix, (ph, pw) = token_layout(self.model)
-        has_class_token = getattr(self.model, "cls_token", None) is not None
-        rows = relevance[:, 0] if has_class_token else relevance[:, prefix:].mean(1)
-        return rows[:, prefix:].reshape(len(images), images.shape[-2] // ph, images.shape[-1] // pw)
+        return class_token_map(self.model, vit_relevancy(attentions), images.shape[-2:])

@@ -21,6 +21,19 @@ from .explainer import Explainer
 FUSIONS = ("mean", "max", "min")
 
 
+def attention_readable(model: nn.Module) -> bool:
+    """A timm vision transformer whose every block's attention passes through its attention dropout."""
+    return is_timm_vit(model) and all(hasattr(b.attn, "attn_drop") for b in model.blocks)
+
+
+def class_token_map(model: nn.Module, tokens: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """A token-to-token matrix (B, N, N) of a timm ViT -> the map (B, h, w) on the patch grid: the class token's
+    row over the patch tokens (without a class token, the patch tokens' rows averaged)."""
+    prefix, (ph, pw) = token_layout(model)
+    rows = tokens[:, 0] if getattr(model, "cls_token", None) is not None else tokens[:, prefix:].mean(1)
+    return rows[:, prefix:].reshape(len(tokens), image_size[0] // ph, image_size[1] // pw)
+
+
 def vit_forward(model: nn.Module, images: torch.Tensor, keep_gradients: bool = False):
     """(the output of a timm vision transformer, every block's post-softmax attention (B, heads, N, N)), the
     attention read where the attention dropout gets it. With `keep_gradients` the attentions stay in the graph
@@ -50,7 +63,7 @@ def vit_forward(model: nn.Module, images: torch.Tensor, keep_gradients: bool = F
                     models="timm vision transformers (ViT, DeiT, register tokens)")
 class AttentionRolloutExplainer(Explainer):
     def __init__(self, model: nn.Module, head_fusion: str = "mean", residual: float = 0.5):
-        if not is_timm_vit(model) or not all(hasattr(b.attn, "attn_drop") for b in model.blocks):
+        if not attention_readable(model):
             raise ValueError(f"attention rollout needs a timm vision transformer, not {type(model).__name__}")
         if head_fusion not in FUSIONS:
             raise ValueError(f"head_fusion must be one of {', '.join(FUSIONS)}, got {head_fusion!r}")
@@ -59,8 +72,6 @@ class AttentionRolloutExplainer(Explainer):
 
     @torch.no_grad()
     def explain(self, images, targets):
-        prefix, (ph, pw) = token_layout(self.model)
-        grid = (images.shape[-2] // ph, images.shape[-1] // pw)
         rollout = None
         for attention in vit_forward(self.model, images)[1]:
             fused = getattr(attention, self.head_fusion)(1)
@@ -69,6 +80,4 @@ class AttentionRolloutExplainer(Explainer):
             mixed = (1 - self.residual) * fused + self.residual * eye
             mixed = mixed / mixed.sum(-1, keepdim=True)
             rollout = mixed if rollout is None else mixed @ rollout
-        has_class_token = getattr(self.model, "cls_token", None) is not None
-        rows = rollout[:, 0] if has_class_token else rollout[:, prefix:].mean(1)
-        return rows[:, prefix:].reshape(len(images), *grid)
+        return class_token_map(self.model, rollout, images.shape[-2:])
