@@ -254,6 +254,8 @@ def roar_cmd(
     fractions: str = typer.Option("0,0.1,0.3,0.5,0.7,0.9", "--fractions",
                                   help="Comma-separated fractions of pixels to remove; 0 trains one reference."),
     modes: str = typer.Option("roar", "--modes", help="roar (most salient removed), kar (least), or roar,kar."),
+    repeats: int = typer.Option(3, "--repeats", min=1,
+                                help="Retrainings per point, seeds seed, seed+1, ...: mean and spread are reported."),
     dataset: str | None = DatasetOpt,
     data_root: str | None = RootOpt,
     out: Path | None = typer.Option(None, "--out", help="Results directory (default results/<dataset>_roar)."),
@@ -265,9 +267,9 @@ def roar_cmd(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """ROAR/KAR: retrain the config's model on images with each method's top (or bottom) pixels removed;
-    test accuracy per method and fraction. Resumable per (mode, method, fraction)."""
+    test accuracy per method and fraction, mean and spread over --repeats seeds. Resumable per retraining."""
     from .engine.roar import roar
-    from .report.figures import roar_figure
+    from .report.roar import write_roar_report
 
     _setup_logging()
     sets = list(set_ or []) + [f"evaluate.checkpoints.{n}={p}" for n, _, p in
@@ -278,11 +280,12 @@ def roar_cmd(
     except ValueError:
         raise ValueError(f"--fractions takes numbers separated by commas, got {fractions!r}") from None
     table = roar(cfg, [m for m in methods.split(",") if m.strip()], values,
-                 tuple(m.strip() for m in modes.split(",") if m.strip()), out=out, progress=progress, device=device)
+                 tuple(m.strip() for m in modes.split(",") if m.strip()), out=out, progress=progress, device=device,
+                 repeats=repeats)
     root = Path(out or Path("results") / f"{cfg.dataset.name}_roar")
-    roar_figure(table, root)
+    write_roar_report(table, root)
     typer.echo((root / "roar.md").read_text())
-    typer.echo(f"ROAR results in {root} (roar.csv, roar.md, roar.png, roar.pdf)")
+    typer.echo(f"ROAR results in {root} (roar.csv, roar_summary.csv, roar.md, roar.png, roar.pdf)")
 
 
 @app.command("leaderboard")

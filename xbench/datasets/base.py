@@ -208,7 +208,7 @@ class ImageDataset(torch.utils.data.Dataset):
             return Skipped(index, str(rec.path), f"annotation unreadable ({exc})")
         original = tuple(sample["image"].shape[-2:])
         if self.transform is not None:
-            with _seeded(None if stream is None else (stream * 1_000_003 + index) % 2**63):
+            with augmentation_draws(stream, index):
                 sample = self.transform(sample)
         return self._finish(sample, index, rec.label, original)
 
@@ -277,11 +277,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None):
-    """torch's and Python's random draws from `seed` inside, the callers' states untouched (None: as is)."""
-    if seed is None:
+def augmentation_draws(stream: int | None, index: int):
+    """Inside, torch's and Python's random draws come from (stream, index) alone, the callers' states
+    untouched; with stream None they are left as they are (evaluation, which draws nothing)."""
+    if stream is None:
         yield
         return
+    seed = (stream * 1_000_003 + index) % 2**63
     state = random.getstate()
     try:
         with torch.random.fork_rng(devices=[]):

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 DETR_SCALES = list(range(480, 801, 32))
 DETR_MAX_SIZE = 1333
+RANDOM_TRANSFORMS = ("flip", "crop", "detr")  # the named transforms that draw at training time
 
 
 class RandomSizeCrop(v2.Transform):
@@ -76,6 +77,18 @@ def build_transform(name: str, image_size: int, train: bool, mean: Sequence[floa
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
+
+
+def build_augmentation(name: str, image_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The random geometry of train transform `name` for images the evaluation transform already
+    resized and normalised ((3, H, W) -> (3, H', W')), as ROAR augments the images it changed; None
+    when `name` draws nothing (its geometry is the evaluation transform's work). A square resize to
+    the size an image already has returns it unchanged."""
+    if name not in RANDOM_TRANSFORMS:
+        _geometry(name, image_size, train=True)  # an unknown name raises with the known ones
+        return None
+    augment = v2.Compose(_geometry(name, image_size, train=True))
+    return lambda image: augment(tv_tensors.Image(image)).as_subclass(torch.Tensor)
 
 
 def as_tv_sample(image: torch.Tensor, box=None, mask=None, part_mask=None, parts=None, distractors=None) -> dict:

@@ -4,15 +4,17 @@ information a model learns from?
 For every method and fraction t, the t most salient pixels (ROAR, remove and retrain) or the t least
 salient (KAR, keep and retrain) of every train and test image are replaced by the data's mean colour
 (0 after normalisation, as the paper's per-channel mean), a model is trained from scratch on the
-changed train split with the common trainer (the config's model and train sections; its validation
-hold-out changed alike) and scored on the changed test split. A good explanation makes ROAR's
-accuracy fall faster than a random map's, and KAR's fall slower.
+changed train split with the common trainer and the config's recipe (model, train section, the train
+transform's random geometry applied after the removal, validation on `dataset.val_split` changed
+alike) and scored on the changed test split. As in the paper, every point is retrained several times
+with different seeds and reported as mean and spread. A good explanation makes ROAR's accuracy fall
+faster than a random map's, and KAR's fall slower.
 
 Maps are those of the explained model (`explainer@model`, its checkpoint as `xbench evaluate` finds
-it) for the true class, on the images as the evaluation transform gives them (no augmentation: a
-removed pixel stays removed), prepared as every metric prepares maps and ranked with ties by pixel
-index. Everything is resumable: the maps of each method and split (<out>/maps/*.npy), each
-(mode, method, fraction) training (<out>/runs/...), and each finished row (<out>/roar.csv).
+it) for the true class, on the images as the evaluation transform gives them, prepared as every
+metric prepares maps and ranked with ties by pixel index. Everything is resumable: the maps of each
+method and split (<out>/maps/*.npy), each (mode, method, fraction, seed) training
+(<out>/runs/<mode>-<method>-<fraction>/seed<seed>/...), and each finished row (<out>/roar.csv).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..datasets import TrainingData, build_dataset, holdout, make_loader
-from ..datasets.base import Skipped
-from ..datasets.transforms import pixel_colour
+from ..datasets import HOLDOUT, TrainingData, build_dataset, holdout, make_loader
+from ..datasets.base import Skipped, augmentation_draws
+from ..datasets.transforms import build_augmentation, pixel_colour
 from ..distributed import resolve_device
 from ..factory import build_explainer
 from ..files import atomic_write, atomic_write_text
@@ -43,20 +45,23 @@ from .scoring import method_options
 
 log = logging.getLogger(__name__)
 MODES = ("roar", "kar")
-COLUMNS = ["mode", "method", "fraction", "acc1", "best_val_acc1", "epochs", "train_images", "test_images", "seconds"]
+COLUMNS = ["mode", "method", "fraction", "repeat", "seed", "acc1", "best_val_acc1", "epochs", "train_images",
+           "test_images", "training_data", "seconds"]
 
 
 class RemovedPixels(torch.utils.data.Dataset):
     """`base` (evaluation transform), or its samples `indices`, with, in sample i, the `count` pixels
     first (ROAR) or last (KAR) in descending order of `maps[i]` set to `fill` (3, 1, 1). Items: image,
-    label, index (in `base`). Keys may be (stream, position), as the trainer's sampler gives them: there
-    is no augmentation to seed."""
+    label, index (in `base`). Keys may be (stream, position), as the trainer's sampler gives them; then
+    `augment` (an image -> image draw, `build_augmentation`) changes the image after the removal, drawn
+    from (stream, i) alone, so a removed pixel moves with the image and is never restored."""
 
     def __init__(self, base, maps: np.ndarray, count: int, mode: str, fill: torch.Tensor,
-                 indices: list[int] | None = None):
+                 indices: list[int] | None = None, augment=None):
         if mode not in MODES:
             raise ValueError(f"unknown ROAR mode {mode!r}; known: {', '.join(MODES)}")
         self.base, self.maps, self.count, self.mode, self.fill = base, maps, count, mode, fill
+        self.augment = augment
         self.indices = list(range(len(base))) if indices is None else list(indices)
         self.classes, self.num_classes, self.problems = base.classes, base.num_classes, list(base.problems)
 
@@ -70,11 +75,15 @@ class RemovedPixels(torch.utils.data.Dataset):
         return rank < self.count if self.mode == "roar" else rank >= rank.numel() - self.count
 
     def __getitem__(self, key):
-        i = self.indices[key[1] if isinstance(key, tuple) else key]  # (stream, position) from the sampler
+        stream, position = key if isinstance(key, tuple) else (None, key)  # (stream, position) from the sampler
+        i = self.indices[position]
         sample = self.base[i]
         if isinstance(sample, Skipped):
             return sample
         image = torch.where(self.removed(i), self.fill, sample["image"])
+        if self.augment is not None and stream is not None:
+            with augmentation_draws(stream, i):
+                image = self.augment(image)
         return {"image": image, "label": sample["label"], "index": i}
 
 
@@ -132,76 +141,97 @@ def _accuracy(model: torch.nn.Module, dataset, batch_size: int, device) -> float
     return hits / max(total, 1)
 
 
+def changed_training_data(cfg: Config, bases: dict[str, object], maps: dict[str, np.ndarray], count: int, mode: str,
+                          fill: torch.Tensor, seed: int) -> TrainingData:
+    """What one ROAR retraining reads, following the config's training recipe: the train split with
+    `count` pixels removed per image, then augmented by `dataset.train_transform`'s random geometry;
+    validation on `dataset.val_split` (its own split, or a hold-out of `val_fraction` drawn from
+    `seed`, the retraining's, as `xbench train` draws it), changed alike and not augmented.
+    `bases` and `maps` are keyed by split name."""
+    data = cfg.dataset
+    augment = build_augmentation(data.train_transform, data.image_size)
+    train_base = bases[data.train_split]
+    drawn = f"train transform {data.train_transform} after removal" if augment else "no augmentation"
+    if data.val_split == HOLDOUT:
+        kept, held = holdout(train_base, data.val_fraction, seed)
+        return TrainingData(
+            RemovedPixels(train_base, maps[data.train_split], count, mode, fill, kept, augment),
+            RemovedPixels(train_base, maps[data.train_split], count, mode, fill, held),
+            f"a hold-out of {len(held)} {data.train_split} images (seed {seed}), changed alike; {drawn}")
+    return TrainingData(RemovedPixels(train_base, maps[data.train_split], count, mode, fill, augment=augment),
+                        RemovedPixels(bases[data.val_split], maps[data.val_split], count, mode, fill),
+                        f"the {data.val_split} split, changed alike; {drawn}")
+
+
 def roar(cfg: Config, methods: list[str], fractions: list[float], modes: tuple[str, ...] = ("roar",),
-         out: str | Path | None = None, progress: bool = True, device: str | None = None) -> pd.DataFrame:
-    """ROAR/KAR rows (COLUMNS) for every mode x method x fraction, resuming what <out> holds; a
-    fraction 0 is one reference run, no pixel removed, shared by all. Also writes roar.csv and roar.md."""
+         out: str | Path | None = None, progress: bool = True, device: str | None = None,
+         repeats: int = 3) -> pd.DataFrame:
+    """ROAR/KAR rows (COLUMNS) for every mode x method x fraction, each retrained `repeats` times with
+    seeds cfg.seed, cfg.seed + 1, ... (weights, order, augmentation and hold-out all drawn from it);
+    a fraction 0 is the reference, no pixel removed, shared by all. Resumes what <out> holds, per
+    retraining; writes roar.csv, one row per retraining (`report.roar` summarises them)."""
     for fraction in fractions:
         if not 0 <= fraction < 1:
             raise ValueError(f"ROAR fractions must be in [0, 1), got {fraction}")
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown ROAR mode {mode!r}; known: {', '.join(MODES)}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1 (retrainings per point), got {repeats}")
     labels = [m.label for m in parse_methods(methods)]
     out = Path(out or Path("results") / f"{cfg.dataset.name}_roar")
     device = resolve_device(device)
     explained = [load_evaluated_model(cfg, name, device) for name in dict.fromkeys(m.split("@")[1] for m in labels)]
     cfg = adopt_normalisation(cfg, explained)
-    train_base = build_dataset(cfg.dataset, cfg.dataset.train_split, train=False)
-    test_base = build_dataset(cfg.dataset, cfg.dataset.eval_split, train=False)
-    kept, held = holdout(train_base, cfg.dataset.val_fraction, cfg.seed)
+    splits = [cfg.dataset.train_split, cfg.dataset.eval_split]
+    if cfg.dataset.val_split != HOLDOUT:
+        splits.insert(1, cfg.dataset.val_split)
+    bases = {split: build_dataset(cfg.dataset, split, train=False) for split in dict.fromkeys(splits)}
     fill = pixel_colour(cfg.dataset.mean, cfg.dataset.mean, cfg.dataset.std, torch.zeros(3, 1, 1))
     csv = out / "roar.csv"
-    rows = pd.read_csv(csv).to_dict("records") if csv.is_file() else []
-    done = {(r["mode"], r["method"], round(float(r["fraction"]), 6)) for r in rows}
-    plan = ([("none", "none", 0.0)] if 0 in fractions else []) + [
+    rows = _read_rows(csv, cfg.seed)
+    done = {(r["mode"], r["method"], round(float(r["fraction"]), 6), int(r["seed"])) for r in rows}
+    points = ([("none", "none", 0.0)] if 0 in fractions else []) + [
         (mode, method, float(f)) for mode in modes for method in labels for f in fractions if f > 0]
-    for mode, method, fraction in plan:
-        if (mode, method, round(fraction, 6)) in done:
-            log.info("%s %s %.2f: done (%s); skipping", mode, method, fraction, csv)
+    plan = [(*point, repeat) for repeat in range(repeats) for point in points]  # a whole first pass comes first
+    for mode, method, fraction, repeat in plan:
+        seed = cfg.seed + repeat
+        if (mode, method, round(fraction, 6), seed) in done:
+            log.info("%s %s %.2f seed %d: done (%s); skipping", mode, method, fraction, seed, csv)
             continue
         started = time.time()
         if method == "none":  # the reference: nothing removed
-            maps = {split: np.zeros((len(base), 1, 1), np.float16) for split, base in
-                    (("train", train_base), ("test", test_base))}
+            maps = {split: np.zeros((len(base), 1, 1), np.float16) for split, base in bases.items()}
         else:
-            maps = {split: _stored_maps(cfg, out, method, split, base, device, progress)
-                    for split, base in (("train", train_base), ("test", test_base))}
-        count = int(fraction * maps["train"].shape[1] * maps["train"].shape[2])
+            maps = {split: _stored_maps(cfg, out, method, split, base, device, progress) for split, base in bases.items()}
+        test = cfg.dataset.eval_split
+        count = int(fraction * maps[test].shape[1] * maps[test].shape[2])
         removal = mode if mode in MODES else "roar"
-        changed_test = RemovedPixels(test_base, maps["test"], count, removal, fill)
-        data = TrainingData(RemovedPixels(train_base, maps["train"], count, removal, fill, kept),
-                            RemovedPixels(train_base, maps["train"], count, removal, fill, held),
-                            f"a hold-out of {len(held)} train images, changed alike")
-        run_cfg = replace(cfg, output_dir=str(out / "runs" / f"{mode}-{method.replace('@', '_at_')}-{fraction:g}"))
+        data = changed_training_data(cfg, bases, maps, count, removal, fill, seed)
+        changed_test = RemovedPixels(bases[test], maps[test], count, removal, fill)
+        name = f"{mode}-{method.replace('@', '_at_')}-{fraction:g}"
+        run_cfg = replace(cfg, seed=seed, output_dir=str(out / "runs" / name / f"seed{seed}"))
         run = run_cfg.run_dir()
         summary = train(run_cfg, resume=(run / "last.pt").is_file(), progress=progress, device=str(device), data=data)
         model, _ = load_model(run / "best.pt")
         model.to(device).eval()
-        row = {"mode": mode, "method": method, "fraction": fraction,
+        row = {"mode": mode, "method": method, "fraction": fraction, "repeat": repeat, "seed": seed,
                "acc1": _accuracy(model, changed_test, cfg.evaluate.batch_size, device),
                "best_val_acc1": summary.get("best_acc1"), "epochs": cfg.train.epochs,
-               "train_images": len(data.train), "test_images": len(changed_test), "seconds": round(time.time() - started, 1)}
+               "train_images": len(data.train), "test_images": len(changed_test), "training_data": data.source,
+               "seconds": round(time.time() - started, 1)}
         rows.append(row)
-        log.info("%s %s %.2f: test acc@1 %.3f (%.0f s)", mode, method, fraction, row["acc1"], row["seconds"])
+        log.info("%s %s %.2f seed %d: test acc@1 %.3f (%.0f s)", mode, method, fraction, seed, row["acc1"], row["seconds"])
         atomic_write_text(csv, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    atomic_write_text(out / "roar.md", roar_markdown(table))
-    return table
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def roar_markdown(table: pd.DataFrame) -> str:
-    """Test acc@1 (%) per method (rows) and fraction removed (columns), one table per mode; the
-    reference run (fraction 0) as the first column of each."""
-    reference = table[table["mode"] == "none"]
-    parts = []
-    for mode in [m for m in MODES if m in set(table["mode"])]:
-        mine = table[table["mode"] == mode]
-        pivot = mine.pivot_table(index="method", columns="fraction", values="acc1", sort=False) * 100
-        if len(reference):
-            pivot.insert(0, 0.0, 100 * float(reference["acc1"].iloc[0]))
-        pivot.columns = [f"{c:g}" for c in pivot.columns]
-        what = "most salient pixels removed (ROAR)" if mode == "roar" else "least salient pixels removed (KAR)"
-        parts.append(f"Test acc@1 (%) after retraining, by fraction of {what}:\n\n"
-                     + pivot.to_markdown(floatfmt=".1f"))
-    return "\n\n".join(parts) + "\n"
+def _read_rows(csv: Path, seed: int) -> list[dict]:
+    """roar.csv's rows; a file written before repeats existed holds one retraining per point, seed `seed`."""
+    if not csv.is_file():
+        return []
+    table = pd.read_csv(csv)
+    for column, value in (("repeat", 0), ("seed", seed), ("training_data", "")):
+        if column not in table:
+            table[column] = value
+    return table.to_dict("records")

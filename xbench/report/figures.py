@@ -11,8 +11,9 @@ that saves it (PNG + PDF) and returns the paths:
   overlaid, ground-truth box drawn;
 - heads: an image's per-head cross-attention for the true class and the top-k predicted classes
   (as the INTR paper shows);
-- explanation: what `xbench explain` computed for one image;
-- roar: ROAR/KAR accuracy after retraining against the fraction of pixels removed.
+- explanation: what `xbench explain` computed for one image.
+
+ROAR's figure is in roar.py, with its tables.
 
 Methods keep one look across figures (style.py: `method_styles`). Layouts are constrained, labels are
 horizontal or vertical, never slanted, and long class names are shortened with a legend, so no text
@@ -40,8 +41,8 @@ from .style import (  # noqa: E402
     BASELINES,
     DOUBLE,
     PNG_DPI,
-    SINGLE,
     apply_style,
+    legend_columns,
     method_styles,
     save_figure,
 )
@@ -61,12 +62,6 @@ def on_common_grid(curves: np.ndarray, points: int = 101) -> tuple[np.ndarray, n
         return np.linspace(0, 1, curves.shape[1]), curves
     x = np.linspace(0, 1, points)
     return x, np.stack([np.interp(x, np.linspace(0, 1, n), c[:n]) for c, n in zip(curves, lengths)])
-
-
-def _legend_columns(labels: list[str], width_in: float, fontsize: float) -> int:
-    """How many legend columns of `labels` fit across `width_in` inches."""
-    entry = (max(map(len, labels)) * 0.55 * fontsize + 3.5 * fontsize) / 72  # text + handle, inches
-    return max(1, min(len(labels), int(width_in / entry)))
 
 
 # Stored curves drawn by `draw_curves`: key -> (title, x label, x range, y label). ROAD's points are
@@ -92,7 +87,7 @@ def draw_curves(rows: pd.DataFrame, curves: dict[str, np.ndarray]) -> Figure:
     styles = method_styles(methods)
     panels = [key for key in CURVE_PANELS if key in curves] or ["insertion_curve", "deletion_curve"]
     grid_rows = int(np.ceil(len(panels) / 2))
-    columns = _legend_columns(methods, DOUBLE, 6)
+    columns = legend_columns(methods, DOUBLE, 6)
     legend_rows = int(np.ceil(len(methods) / columns))
     fig, axes = plt.subplots(grid_rows, 2, figsize=(DOUBLE, 2.5 * grid_rows + 0.13 * legend_rows), squeeze=False,
                              layout="constrained")
@@ -382,39 +377,6 @@ def explanation_figure(explanation, out: str | Path) -> Path:
     fig.savefig(out, bbox_inches="tight", dpi=PNG_DPI)
     plt.close(fig)
     return out
-
-
-def draw_roar(table: pd.DataFrame) -> Figure:
-    """ROAR/KAR (`xbench.engine.roar` rows): test accuracy after retraining against the fraction of
-    pixels removed, one panel per mode, the reference run (nothing removed) at 0 on every line."""
-    apply_style()
-    modes = [m for m in ("roar", "kar") if m in set(table["mode"])]
-    reference = table[table["mode"] == "none"]
-    methods = list(dict.fromkeys(table.loc[table["mode"] != "none", "method"]))
-    styles = method_styles(methods)
-    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(DOUBLE if len(modes) > 1 else SINGLE, 2.6),
-                             squeeze=False, sharey=True, layout="constrained")
-    titles = {"roar": "ROAR: most salient removed\n(a steeper fall is better)",
-              "kar": "KAR: least salient removed\n(a flatter line is better)"}
-    for ax, mode in zip(axes[0], modes):
-        for method in methods:
-            mine = table[(table["mode"] == mode) & (table["method"] == method)].sort_values("fraction")
-            x, y = mine["fraction"].tolist(), (100 * mine["acc1"]).tolist()
-            if len(reference):
-                x, y = [0.0] + x, [100 * float(reference["acc1"].iloc[0])] + y
-            ax.plot(x, y, label=method, lw=1.1, markersize=3, **styles[method])
-        ax.set_title(titles[mode])
-        ax.set_xlabel("fraction of pixels removed")
-    axes[0, 0].set_ylabel("test acc@1 after retraining (%)")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=_legend_columns(labels, DOUBLE, 6), fontsize=6,
-                   frameon=False)
-    return fig
-
-
-def roar_figure(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    return save_figure(draw_roar(table), Path(out_dir), "roar")
 
 
 def all_figures(run_dir: str | Path, board: Leaderboard | None = None, out_dir: str | Path | None = None,

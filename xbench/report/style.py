@@ -46,6 +46,12 @@ def save_figure(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
+def legend_columns(labels: list[str], width_in: float, fontsize: float) -> int:
+    """How many legend columns of `labels` fit across `width_in` inches."""
+    entry = (max(map(len, labels)) * 0.55 * fontsize + 3.5 * fontsize) / 72  # text + handle, inches
+    return max(1, min(len(labels), int(width_in / entry)))
+
+
 def method_styles(methods: list[str]) -> dict[str, dict]:
     """Per method (explainer@model): color, linestyle, marker. Each model has a colour family and its
     methods take shades of it with their own line style and marker; baselines are grey and dotted."""
