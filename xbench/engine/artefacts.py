@@ -14,14 +14,17 @@ import torch
 
 from ..datasets.transforms import denormalise
 from .methods import has_head_maps
+from .thumbnails import Thumbnails
 
 
 class FigureArtefacts:
-    """Collects the figure samples' arrays into `self.arrays` (one dict per shard: `take()`)."""
+    """Collects the figure samples' arrays into `self.arrays` (one dict per shard: `take()`), and every
+    image's thumbnails into `self.thumbnails` (`thumbnails.Thumbnails`)."""
 
     def __init__(self, samples: set[int], mean, std, top_k: int):
         self.samples, self.mean, self.std, self.top_k = samples, mean, std, top_k
         self.arrays: dict[str, np.ndarray] = {}
+        self.thumbnails = Thumbnails(mean, std)
 
     @classmethod
     def seeded(cls, indices: list[int], count: int, seed: int, mean, std, top_k: int) -> FigureArtefacts:
@@ -40,6 +43,7 @@ class FigureArtefacts:
         return arrays
 
     def images(self, batch: dict, index: list[int], positions: list[int]) -> None:
+        self.thumbnails.images(batch, index)
         for i in positions:
             raw = denormalise(batch["image"][i].float(), self.mean, self.std).clamp(0, 1)
             self.arrays[f"image|{index[i]}"] = (raw.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -64,5 +68,6 @@ class FigureArtefacts:
                 self.arrays[f"headclasses|{model_name}|{index[i]}"] = classes[j].cpu().numpy()
 
     def saliency(self, label: str, maps: torch.Tensor, index: list[int], positions: list[int]) -> None:
+        self.thumbnails.saliency(label, maps, index)
         for i in positions:
             self.arrays[f"saliency|{label}|{index[i]}"] = maps[i].cpu().numpy().astype(np.float16)

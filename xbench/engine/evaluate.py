@@ -185,7 +185,8 @@ class Evaluator:
                     else:
                         bar.write(message, file=sys.stderr)  # where the bar is, not stdout
             bar.update(len(batch["label"]) + len(batch["skipped"]))
-        self.store.write_shard(shard, rows, stack_curves(curves), self.artefacts.take(), skipped)
+        self.store.write_shard(shard, rows, stack_curves(curves), self.artefacts.take(), skipped,
+                               self.artefacts.thumbnails.take())
 
 
 def stack_curves(curves: dict[str, list]) -> dict[str, np.ndarray]:

@@ -11,7 +11,9 @@
                         so a curve's points are its finite values, whatever shard it fell into
     shards/00003.maps.npz   saliency maps (float16), images, top-k and INTR per-head maps of
                         the fixed subset of samples that figures show
-    results.csv, curves.npz, maps.npz, summary.json   the merge of every shard (rank 0)
+    shards/00003.thumbs.npz   every image's thumbnails: a small JPEG, its ground truth and each
+                        method's map at 32 x 32 (thumbnails.py), for the report's image explorer
+    results.csv, curves.npz, maps.npz, thumbs.npz, summary.json   the merge of every shard (rank 0)
 
 Every file is written to a temporary name and renamed, so a killed run leaves no partial
 shard; `lock()` keeps a second process out of the same directory. Reading a store needs only
@@ -45,10 +47,10 @@ class StoreMismatch(ValueError):
     """The directory holds a run with other settings."""
 
 
-def _save_npz(arrays: dict[str, np.ndarray]):
+def _save_npz(arrays: dict[str, np.ndarray], compressed: bool = False):
     def write(tmp):
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            (np.savez_compressed if compressed else np.savez)(fh, **arrays)
     return write
 
 
@@ -98,7 +100,8 @@ class ResultStore:
                                     "evaluate into another --out, or pass --fresh to replace it")
         if fresh:
             for path in list(self.shards.glob("*")) + [self.root / n for n in
-                                                        ("results.csv", "curves.npz", "maps.npz", "summary.json")]:
+                                                        ("results.csv", "curves.npz", "maps.npz", "thumbs.npz",
+                                                         "summary.json")]:
                 path.unlink(missing_ok=True)
         self.shards.mkdir(parents=True, exist_ok=True)
         for tmp in self.shards.glob(".*.tmp"):
@@ -118,9 +121,10 @@ class ResultStore:
         return {int(p.name[:5]) for p in self.shards.glob("[0-9]*.csv")}
 
     def write_shard(self, shard: int, rows: list[dict], curves: dict[str, np.ndarray],
-                    maps: dict[str, np.ndarray], skipped: list[dict]) -> None:
+                    maps: dict[str, np.ndarray], skipped: list[dict], thumbs: dict[str, np.ndarray] | None = None) -> None:
         atomic_write(self.shard_path(shard, ".npz"), _save_npz(curves))
         atomic_write(self.shard_path(shard, ".maps.npz"), _save_npz(maps))
+        atomic_write(self.shard_path(shard, ".thumbs.npz"), _save_npz(thumbs or {}, compressed=True))
         atomic_write_json(self.shard_path(shard, ".skipped.json"), skipped)
         frame = pd.DataFrame(rows)
         atomic_write(self.shard_path(shard, ".csv"), lambda t: frame.to_csv(t, index=False))
@@ -128,9 +132,10 @@ class ResultStore:
     # -------------------------------------------------------------------- merged view
 
     def merge(self, summary: dict[str, Any]) -> pd.DataFrame:
-        """Concatenate every shard into results.csv, curves.npz and maps.npz; write summary.json."""
+        """Concatenate every shard into results.csv, curves.npz, maps.npz and thumbs.npz (the shards
+        that have thumbnails: a store written before them has none); write summary.json."""
         shards = sorted(self.done_shards())
-        frames, curves, maps, skipped = [], {}, {}, []
+        frames, curves, maps, skipped, thumbs = [], {}, {}, [], []
         offset = 0
         for shard in shards:
             frames.append(pd.read_csv(self.shard_path(shard, ".csv")))
@@ -140,15 +145,31 @@ class ResultStore:
             offset += len(frames[-1])
             with np.load(self.shard_path(shard, ".maps.npz")) as data:
                 maps.update({key: data[key] for key in data.files})
+            if self.shard_path(shard, ".thumbs.npz").is_file():
+                with np.load(self.shard_path(shard, ".thumbs.npz")) as data:
+                    thumbs.append({key: data[key] for key in data.files})
             skipped += json.loads(self.shard_path(shard, ".skipped.json").read_text())
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         merged = {k: concat_ragged(v) for k, v in curves.items()}
         atomic_write(self.root / "results.csv", lambda t: rows.to_csv(t, index=False))
         atomic_write(self.root / "curves.npz", _save_npz(merged))
         atomic_write(self.root / "maps.npz", _save_npz(maps))
+        atomic_write(self.root / "thumbs.npz", _save_npz(merge_thumbnails(thumbs), compressed=True))
         summary = {**summary, "rows": len(rows), "shards": len(shards), "skipped_files": skipped}
         atomic_write_json(self.root / "summary.json", summary)
         return rows
+
+
+def merge_thumbnails(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One shard-like dict of every part's rows, in order (boxes NaN-padded to the most per image)."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    most = max(p["box"].shape[1] for p in parts)
+    boxes = [np.concatenate([p["box"], np.full((len(p["box"]), most - p["box"].shape[1], 4), np.nan, np.float32)], 1)
+             for p in parts]
+    keys = [k for k in parts[0] if k != "box" and all(k in p for p in parts)]
+    return {"box": np.concatenate(boxes), **{k: np.concatenate([p[k] for p in parts]) for k in keys}}
 
 
 def concat_ragged(arrays: list[np.ndarray]) -> np.ndarray:
@@ -177,6 +198,15 @@ def load_models(root: str | os.PathLike) -> dict[str, dict]:
     """The evaluated models as they ran (models.json), or {} for a run that did not record them."""
     path = Path(root) / "models.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_thumbnails(root: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every image's thumbnails (thumbnails.py's keys), or {} for a run written before they existed."""
+    path = Path(root) / "thumbs.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -4,6 +4,8 @@
   container; both sort by a click on a column header;
 - the figures with captions, embedded as compressed PNG (palette-quantised, at most 1200 px wide,
   so the quickstart's page stays under 2 MB);
+- the image explorer (explorer.py: every image with every method's map, filters, sorting, a large view),
+  whose thumbnails and data sit next to the page in explorer/;
 - the models as they ran (models.json: architecture, parameters, weights and their sha256, training
   recipe, accuracy here) and the run (provenance.json and summary.json: date, hardware, versions,
   commit, command, data) as tables; the resolved config folded away.
@@ -212,7 +214,9 @@ def causal_section(causal: dict, figures: list[Path]) -> dict:
 
 def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], out: str | Path | None = None,
                  causal: dict | None = None) -> Path:
+    """report.html (default in `run_dir`) and, for a run with thumbnails, the image explorer's files next to it."""
     from ..engine.store import load_models
+    from .explorer import write_explorer
 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "report.html"
@@ -220,6 +224,7 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
     provenance = _json(run_dir / "provenance.json")
     skipped = summary.get("skipped_files", []) + summary.get("dataset_problems", [])
     headline = headline_metrics(board)
+    explorer = write_explorer(run_dir, out.parent, headline)
     families = board.cells.drop_duplicates("metric").set_index("metric")["family"]
     meta = [x for x in (
         f"{summary.get('samples', '?')} {summary.get('split', '?')} images", f"{len(summary.get('methods', []))} methods",
@@ -230,7 +235,7 @@ def write_report(run_dir: str | Path, board: Leaderboard, figures: list[Path], o
         title=str(summary.get("dataset", run_dir.name)), meta=meta, note=TABLE_NOTE,
         chosen="; ".join(f"{families[m]}: {m}" for m in headline),
         headline=leaderboard_table(board, headline, ranks=False), full=leaderboard_table(board),
-        metric_count=len(board.metrics()), causal=causal_section(causal, figures) if causal else None,
+        metric_count=len(board.metrics()), explorer=explorer, causal=causal_section(causal, figures) if causal else None,
         figures=[_figure(p) for p in figures if p.suffix == ".png" and p.stem not in CAUSAL_FIGURES],
         models=models_rows(load_models(run_dir), board), run=run_facts(run_dir, summary, provenance),
         skipped=[f"{s['path']}: {s['reason']}" for s in skipped],
