@@ -8,6 +8,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +168,51 @@ def test_filter_sort_and_open_an_image_in_chromium(reported_run, data):
         assert not page.locator("#ex-modal").is_visible()
         browser.close()
     assert errors == []
+
+
+def test_comparing_two_methods_equals_a_direct_paired_test(run, tmp_path):
+    from scipy.stats import wilcoxon
+    from typer.testing import CliRunner
+
+    from xbench.cli import app
+    from xbench.report.compare import compare
+    from xbench.report.leaderboard import holm
+
+    table = compare(run, run, [("random@cnn", "gradcam@cnn")])
+    rows, _ = load_results(run)
+    a = rows[rows["method"] == "random@cnn"].set_index("index")["insertion"]
+    b = rows[rows["method"] == "gradcam@cnn"].set_index("index")["insertion"].loc[a.index]
+    got = table[table["metric"] == "insertion"].iloc[0]
+    assert got["images"] == len(a) and got["B - A"] == pytest.approx(b.mean() - a.mean())
+    assert got["p"] == pytest.approx(wilcoxon(b, a, zero_method="wilcox", method="exact" if len(a) <= 50 else "approx").pvalue)
+    adjusted = holm(dict(enumerate(table["p"])))
+    assert table["p (Holm)"].tolist() == pytest.approx([adjusted[i] for i in range(len(table))])
+    accuracy = table[table["metric"] == "acc1"].iloc[0]  # the same model: the same predictions, no difference
+    assert accuracy["B - A"] == 0 and accuracy["p"] == 1.0 and accuracy["verdict"] == "no significant difference"
+    for row in table.itertuples(index=False):
+        if row[9] < 0.05 and row[7] != 0:
+            assert row[10] == ("B better" if (row[7] > 0) == (row[3] == "higher") else "A better")
+    result = CliRunner().invoke(app, ["report", str(run), str(run), "--pair", "random@cnn=gradcam@cnn",
+                                      "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0, result.output
+    assert "| random@cnn" in result.output and (tmp_path / "cmp" / "comparison.html").is_file()
+    assert "B better" in (tmp_path / "cmp" / "comparison.md").read_text() or "no significant" in result.output
+
+
+def test_comparison_refuses_other_data_and_unknown_methods(run, tmp_path):
+    from xbench.report.compare import compare
+
+    other = tmp_path / "relabelled"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("explorer", "shards", "figures"))
+    rows = pd.read_csv(other / "results.csv")
+    first = rows["index"].iloc[0]
+    rows.loc[rows["index"] == first, "label"] = rows.loc[rows["index"] == first, "label"] + 1
+    rows.to_csv(other / "results.csv", index=False)
+    with pytest.raises(ValueError, match=f"label image {first} differently"):
+        compare(run, other)
+    with pytest.raises(ValueError, match=r"no such method: nothing@cnn \(in "):
+        compare(run, run, [("nothing@cnn", "gradcam@cnn")])
+    rows = pd.read_csv(run / "results.csv").assign(split="val")
+    rows.to_csv(other / "results.csv", index=False)
+    with pytest.raises(ValueError, match="evaluated different data"):
+        compare(run, other)

@@ -23,7 +23,7 @@ from xbench.report import (
     leaderboard_of,
     write_leaderboard,
 )
-from xbench.report.leaderboard import CENTRE, _holm
+from xbench.report.leaderboard import CENTRE, holm
 from xbench.report.tables import wide_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -83,7 +83,7 @@ def test_bold_marks_the_best_and_those_not_significantly_worse(run, board):
         worse = "greater" if direction == "higher" else "less"  # H1: the method is worse than the best
         raw = {m: wilcoxon(pivot[best], pivot[m], zero_method="wilcox", alternative=worse, method="exact").pvalue
                for m in pivot if m != best and (pivot[best] != pivot[m]).any()}
-        for m, p in _holm(raw).items():  # _holm: against a hand-checked table below
+        for m, p in holm(raw).items():  # holm: against a hand-checked table below
             assert cells.loc[m, "p_holm"] == pytest.approx(p)
             assert bool(cells.loc[m, "bold"]) == (p >= 0.05)
     md = wide_table(board, "md")
@@ -208,10 +208,10 @@ def test_holm_correction_matches_a_hand_checked_table():
     """Holm (1979): sort the m p-values, multiply the i-th smallest by m - i (i from 0), keep the running
     maximum, cap at 1. Worked by hand: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 ->
     0.06 (monotone); 0.5 x ... capped at 1."""
-    assert _holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}) == pytest.approx(
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}) == pytest.approx(
         {"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
-    assert _holm({"a": 0.5, "b": 0.6}) == pytest.approx({"a": 1.0, "b": 1.0})
-    assert _holm({}) == {}
+    assert holm({"a": 0.5, "b": 0.6}) == pytest.approx({"a": 1.0, "b": 1.0})
+    assert holm({}) == {}
 
 
 @pytest.mark.parametrize("kind", ["mean", "class_mean"])

@@ -320,10 +320,32 @@ def figures_cmd(
 
 @app.command("report")
 @_friendly_errors
-def report_cmd(run: Path = typer.Argument(..., help="Results directory of `xbench evaluate`.")) -> None:
-    """Leaderboard files, every figure, a self-contained report.html and TensorBoard summaries for one run."""
+def report_cmd(
+    run: Path = typer.Argument(..., help="Results directory of `xbench evaluate`."),
+    other: Path | None = typer.Argument(None, help="A second run: compare the two (B against A) on the images both scored."),
+    pair: List[str] | None = typer.Option(None, "--pair", help="methodA=methodB to compare (repeatable; default: the "
+                                          "methods both runs evaluated). Two models of one run: give the run twice."),
+    out: Path | None = typer.Option(None, "--out", help="Where the comparison goes (default <RUN>/compare/<OTHER>)."),
+) -> None:
+    """Leaderboard files, every figure, report.html (with its image explorer) and TensorBoard summaries for one run;
+    with a second run, the comparison of the two: each metric's difference with a paired test (comparison.html)."""
     from .report import full_report, terminal_table
 
+    if other is not None:
+        from .report.compare import compare, display, write_comparison
+
+        pairs = []
+        for item in pair or []:
+            left, sep, right = item.partition("=")
+            if not sep or not left or not right:
+                raise ValueError(f"--pair takes methodA=methodB, got {item!r}")
+            pairs.append((left.strip(), right.strip()))
+        table = compare(run, other, pairs or None)
+        where = out or Path(run) / "compare" / Path(other).resolve().name
+        written = write_comparison(table, where, run, other)
+        typer.echo(display(table).to_markdown(index=False))
+        typer.echo("comparison: " + ", ".join(str(p) for p in written))
+        return
     written = full_report(run)
     typer.echo(terminal_table(written["board"], files=", ".join(str(p) for p in written["tables"])))
     typer.echo(f"report: {written['report']}")

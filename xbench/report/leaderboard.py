@@ -105,7 +105,8 @@ def _interval(kind: str, values: np.ndarray, labels: np.ndarray, weights: np.nda
     return float(lo), float(hi)
 
 
-def _holm(pvalues: dict[str, float]) -> dict[str, float]:
+def holm(pvalues: dict) -> dict:
+    """Holm's (1979) step-down adjustment of a family of p-values: key -> adjusted p."""
     items = sorted(pvalues.items(), key=lambda kv: kv[1])
     adjusted, running = {}, 0.0
     for i, (name, p) in enumerate(items):
@@ -166,7 +167,7 @@ def build_leaderboard(rows: pd.DataFrame, curves: dict[str, np.ndarray], columns
             if method == best or kind not in PER_SAMPLE:
                 continue
             pvalues[method] = paired_p_worse(data[best], data[method], direction)
-        adjusted = _holm(pvalues)
+        adjusted = holm(pvalues)
         ranks = pd.Series({m: v["mean"] for m, v in stats.items()}).rank(ascending=direction == "lower")
         for method, s in stats.items():
             p = adjusted.get(method, 1.0 if method == best else 0.0)
@@ -210,11 +211,16 @@ def _references(rows: pd.DataFrame, columns: dict[str, dict], dataset: str, draw
 
 def paired_p_worse(best: tuple, other: tuple, direction: str) -> float:
     """One-sided Wilcoxon signed-rank p-value of "`other` is worse than `best`" on the samples both
-    scored (`direction`: higher or lower is better). Zero differences carry no sign and are dropped
-    (zero_method="wilcox"), so ties cost no power; 1.0 when the two never differ."""
+    scored (`direction`: higher or lower is better); see `wilcoxon_p`."""
     common, in_best, in_other = np.intersect1d(best[2], other[2], assume_unique=True, return_indices=True)
-    b, o = best[0][in_best], other[0][in_other]
-    nonzero = int(np.count_nonzero(b != o))
+    return wilcoxon_p(best[0][in_best], other[0][in_other], "greater" if direction == "higher" else "less")
+
+
+def wilcoxon_p(first: np.ndarray, second: np.ndarray, alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p-value of paired samples (`alternative` as scipy: first greater, less, or
+    two-sided). Zero differences carry no sign and are dropped (zero_method="wilcox"), so ties cost no
+    power; 1.0 when the two never differ."""
+    nonzero = int(np.count_nonzero(first != second))
     if nonzero == 0:
         return 1.0
     # Exact null distribution for small samples, the normal approximation beyond (scipy's threshold);
@@ -224,8 +230,7 @@ def paired_p_worse(best: tuple, other: tuple, direction: str) -> float:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "exact p-value with ties" is expected here
-        return float(wilcoxon(b, o, zero_method="wilcox", alternative="greater" if direction == "higher" else "less",
-                              method=method).pvalue)
+        return float(wilcoxon(first, second, zero_method="wilcox", alternative=alternative, method=method).pvalue)
 
 
 def combine(boards: list[Leaderboard]) -> Leaderboard:
