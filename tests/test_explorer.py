@@ -16,7 +16,7 @@ from PIL import Image
 
 from xbench.engine.store import load_results, load_thumbnails, merge_thumbnails
 from xbench.engine.thumbnails import MAP_PX, THUMB_PX
-from xbench.report.explorer import map_disagreement
+from xbench.report.explorer import TRUTH_COLOURS, map_disagreement, map_levels, palette
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -89,10 +89,18 @@ def test_explorer_files_and_data_equal_the_store(run, data, reported_run):
     methods = list(dict.fromkeys(rows["method"]))
     assert [m["label"] for m in data["methods"]] == methods and data["tiles"] == 1 + len(methods)
     assert data["index"] == thumbs["index"].tolist()
-    for idx in data["index"]:
+    lut = palette()
+    for row, idx in enumerate(data["index"]):
         assert (folder / "img" / f"{idx}.jpg").is_file()
         with Image.open(folder / "map" / f"{idx}.png") as strip:
-            assert strip.mode == "RGBA" and strip.size == (MAP_PX * (1 + len(methods)), MAP_PX)
+            assert strip.mode == "P" and strip.size == (MAP_PX * (1 + len(methods)), MAP_PX)
+            rgba = np.asarray(strip.convert("RGBA"))
+        truth = thumbs["truth"][row]
+        assert (rgba[:, :MAP_PX, 3][truth == 0] == 0).all()  # clear background, tinted object and parts
+        assert (rgba[:, :MAP_PX][truth == 2] == TRUTH_COLOURS[2]).all()
+        for k, method in enumerate(methods, 1):  # each tile is its map's value through the palette
+            expected = lut[map_levels(thumbs[f"saliency|{method}"][row])]
+            assert (rgba[:, k * MAP_PX:(k + 1) * MAP_PX] == expected).all()
     names = [m["name"] for m in data["metrics"]]
     assert "insertion" in names and "deletion" in names
     for method in methods:

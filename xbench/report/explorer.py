@@ -7,7 +7,7 @@ Written next to report.html as ``explorer/`` (a static page reads it from a file
                             metrics, the map disagreement of every pair of methods, which images have
                             per-head maps
     explorer/img/<i>.jpg    the image (THUMB_PX square), as the evaluation stored it
-    explorer/map/<i>.png    one RGBA strip: the ground truth (object, discriminative parts), then each
+    explorer/map/<i>.png    one palette PNG strip (a byte per pixel, colours with transparency): the ground truth (object, discriminative parts), then each
                             method's map coloured and transparent where it is low, MAP_PX per tile; the
                             page lays a tile over the image and lets the browser scale it
     explorer/heads/<model>_<i>.png   INTR/ICN per-head maps of the true class, where maps.npz has them
@@ -33,31 +33,41 @@ from ..files import atomic_write_text
 EXPLORER_DIR = "explorer"
 ALWAYS = ("insertion", "deletion", "single_deletion", "prob")  # per-image columns shown whenever the run has them
 TRUTH_COLOURS = {1: (255, 255, 255, 110), 2: (255, 120, 0, 200)}  # object, discriminative part
+MAP_LEVELS = 254  # palette entries for map values; the two after them are the ground truth's
 
 
-def colour_lut() -> np.ndarray:
-    """(256, 4) uint8: a map value (0..255) -> RGBA, turbo colours, alpha rising with the value."""
+def palette() -> np.ndarray:
+    """(256, 4) uint8 RGBA: entries 0..MAP_LEVELS-1 a map value (turbo colours, alpha rising with the value,
+    0 clear), then the ground truth's codes (TRUTH_COLOURS, entries MAP_LEVELS + code - 1)."""
     from matplotlib import colormaps
 
-    values = np.linspace(0, 1, 256)
-    lut = (colormaps["turbo"](values) * 255).astype(np.uint8)
-    lut[:, 3] = (np.clip(values, 0, 1) ** 0.8 * 200).astype(np.uint8)
+    values = np.linspace(0, 1, MAP_LEVELS)
+    lut = np.zeros((256, 4), np.uint8)
+    lut[:MAP_LEVELS] = (colormaps["turbo"](values) * 255).astype(np.uint8)
+    lut[:MAP_LEVELS, 3] = (values ** 0.8 * 200).astype(np.uint8)
+    for code, rgba in TRUTH_COLOURS.items():
+        lut[MAP_LEVELS + code - 1] = rgba
     return lut
 
 
-def truth_tile(truth: np.ndarray) -> np.ndarray:
-    """(h, w) codes -> (h, w, 4) RGBA: clear background, the object and its discriminative parts tinted."""
-    tile = np.zeros((*truth.shape, 4), np.uint8)
-    for code, rgba in TRUTH_COLOURS.items():
-        tile[truth == code] = rgba
-    return tile
+def map_levels(maps: np.ndarray) -> np.ndarray:
+    """uint8 maps (0..255) as palette entries 0..MAP_LEVELS-1."""
+    return ((maps.astype(np.uint16) * (MAP_LEVELS - 1) + 127) // 255).astype(np.uint8)
 
 
-def png_bytes(rgba: np.ndarray) -> bytes:
+def truth_levels(truth: np.ndarray) -> np.ndarray:
+    """Ground-truth codes (0 background, 1 object, 2 part) as palette entries (background clear)."""
+    return np.where(truth > 0, MAP_LEVELS + truth.astype(np.int16) - 1, 0).astype(np.uint8)
+
+
+def png_bytes(levels: np.ndarray, lut: np.ndarray) -> bytes:
+    """A palette PNG of `levels` (h, w) uint8 with `lut`'s colours and transparency: a byte per pixel."""
     from PIL import Image
 
+    image = Image.fromarray(levels, "P")
+    image.putpalette(lut[:, :3].reshape(-1).tolist())
     buffer = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG", compress_level=6)
+    image.save(buffer, format="PNG", compress_level=6, transparency=bytes(lut[:, 3].tolist()))
     return buffer.getvalue()
 
 
@@ -136,13 +146,13 @@ def write_explorer(run_dir: str | Path, out_dir: str | Path, headline: list[str]
     root = out_dir / EXPLORER_DIR
     for folder in ("img", "map", "heads"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    lut = colour_lut()
+    lut = palette()
     methods = [m for m in dict.fromkeys(rows["method"]) if f"saliency|{m}" in thumbs]
     ends = np.cumsum(thumbs["jpeg_length"])
     for row, idx in enumerate(thumbs["index"]):
         _write_bytes(root / "img" / f"{idx}.jpg", thumbs["jpeg"][ends[row] - thumbs["jpeg_length"][row]:ends[row]].tobytes())
-        tiles = [truth_tile(thumbs["truth"][row])] + [lut[thumbs[f"saliency|{m}"][row]] for m in methods]
-        _write_bytes(root / "map" / f"{idx}.png", png_bytes(np.concatenate(tiles, 1)))
+        tiles = [truth_levels(thumbs["truth"][row])] + [map_levels(thumbs[f"saliency|{m}"][row]) for m in methods]
+        _write_bytes(root / "map" / f"{idx}.png", png_bytes(np.concatenate(tiles, 1), lut))
     heads = _write_heads(run_dir, root / "heads", lut, set(thumbs["index"].tolist()))
     data = explorer_data(rows, thumbs, explorer_metrics(rows, load_columns(run_dir), headline), heads)
     atomic_write_text(root / "data.js", "window.XBENCH_EXPLORER = " + json.dumps(data, separators=(",", ":")) + ";\n")
@@ -167,8 +177,8 @@ def _write_heads(run_dir: Path, folder: Path, lut: np.ndarray, shown: set[int]) 
             maps = data[key][0].astype(np.float32)  # (heads, h, w) for the true class
             lo, hi = maps.min((1, 2), keepdims=True), maps.max((1, 2), keepdims=True)
             scaled = np.where(hi > lo, (maps - lo) / np.where(hi > lo, hi - lo, 1), 0)
-            strip = np.concatenate([lut[(s * 255 + 0.5).astype(np.uint8)] for s in scaled], 1)
-            _write_bytes(folder / f"{model}_{idx}.png", png_bytes(strip))
+            strip = np.concatenate([map_levels((s * 255 + 0.5).astype(np.uint8)) for s in scaled], 1)
+            _write_bytes(folder / f"{model}_{idx}.png", png_bytes(strip, lut))
             entry = written.setdefault(model, {"heads": len(scaled), "images": []})
             entry["images"].append(int(idx))
     return {model: {**entry, "images": sorted(entry["images"])} for model, entry in written.items()}
