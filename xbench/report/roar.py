@@ -45,7 +45,7 @@ def roar_markdown(table: pd.DataFrame) -> str:
         pivot.columns = [f"{c:g}" for c in pivot.columns]
         what = "most salient pixels removed (ROAR)" if mode == "roar" else "least salient pixels removed (KAR)"
         parts.append(f"Test acc@1 (%) after retraining, by fraction of {what}:\n\n"
-                     + pivot.to_markdown(stralign="right", disable_numparse=True))
+                     + pivot.to_markdown(colalign=("left",) + ("right",) * len(pivot.columns), disable_numparse=True))
     parts.append(_spread_reading(summary))
     return "\n\n".join(parts) + "\n"
 

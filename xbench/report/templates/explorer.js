@@ -109,7 +109,7 @@
         box.appendChild(rect);
       });
     }
-    var figure = el("figure", "ex-figure"); figure.appendChild(box);
+    var figure = el("figure", "ex-figure"); figure.style.width = size + "px"; figure.appendChild(box);
     if (caption) { figure.appendChild(el("figcaption", "", caption)); }
     return figure;
   };
