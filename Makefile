@@ -40,7 +40,7 @@ wheel-check: | $(BIN)/python
 	assert load_config(['paper/intr_cub.yaml']).train.epochs == 140; \
 	assert load_config(['roar/quickstart.yaml']).train.epochs == 6; print('wheel: recipes load')"
 	cd / && $(WHEEL_VENV)/bin/python -c "from xbench.report.html import templates; \
-	assert all(templates().get_template(t) for t in ('report.html.j2', 'leaderboard.html.j2')); \
+	assert all(templates().get_template(t) for t in ('report.html.j2', 'leaderboard.html.j2', 'comparison.html.j2')); \
 	print('wheel: report templates load')"
 
 clean:
