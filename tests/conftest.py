@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -74,6 +75,13 @@ def reported_run(tiny_run_setup):
     return run, full_report(run)
 
 
+@pytest.fixture(scope="session")
+def run(reported_run):
+    """The directory of `reported_run`'s evaluation."""
+    return reported_run[0]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
 
 

@@ -18,12 +18,7 @@ from xbench.engine.store import load_results, load_thumbnails, merge_thumbnails
 from xbench.engine.thumbnails import MAP_PX, THUMB_PX
 from xbench.report.explorer import TRUTH_COLOURS, map_disagreement, map_levels, palette
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def run(reported_run):
-    return reported_run[0]
+from .conftest import CHROMIUM
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ from xbench.report import (
 from xbench.report.leaderboard import CENTRE, holm
 from xbench.report.tables import wide_table
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def run(reported_run):
-    return reported_run[0]
+from .conftest import CHROMIUM
 
 
 @pytest.fixture(scope="module")

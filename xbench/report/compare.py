@@ -79,16 +79,16 @@ def compare(run_a: str | Path, run_b: str | Path, pairs: list[tuple[str, str]] |
     table = pd.DataFrame(out, columns=COLUMNS[:-2])
     adjusted = holm(dict(enumerate(table["p"])))
     table["p (Holm)"] = [adjusted[i] for i in range(len(table))]
-    table["verdict"] = [_verdict(row) for row in table.itertuples(index=False)]
+    table["verdict"] = [_verdict(p, gap, direction) for p, gap, direction in
+                        zip(table["p (Holm)"], table["B - A"], table["direction"])]
     table.attrs["percent"] = {m for m in metrics if info[m].get("percent")}
     return table
 
 
-def _verdict(row) -> str:
-    if row[9] >= ALPHA or row[7] == 0:
+def _verdict(p_holm: float, gap: float, direction: str) -> str:
+    if p_holm >= ALPHA or gap == 0:
         return "no significant difference"
-    better_b = (row[7] > 0) == (row[3] == "higher")
-    return "B better" if better_b else "A better"
+    return "B better" if (gap > 0) == (direction == "higher") else "A better"
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..engine.store import load_columns, load_thumbnails
+from ..engine.store import load_columns, load_results, load_thumbnails
 from ..files import atomic_write_text
 
 EXPLORER_DIR = "explorer"
@@ -90,10 +90,8 @@ def _numbers(values, digits: int = 4) -> list:
 def explorer_metrics(rows: pd.DataFrame, columns: dict[str, dict], headline: list[str]) -> list[dict]:
     """The per-image columns the explorer shows: the report's headline metrics that are per-image columns,
     then ALWAYS's; name, direction, percent."""
-    names = [m for m in dict.fromkeys([*headline, *ALWAYS]) if m in rows.columns and m in columns]
-    if "prob" in rows.columns and "prob" not in names:
-        names.append("prob")
-    info = {**columns, "prob": {"direction": "higher", "percent": True}}
+    info = {**columns, "prob": {"direction": "higher", "percent": True}}  # the target's probability: no metric
+    names = [m for m in dict.fromkeys([*headline, *ALWAYS]) if m in rows.columns and m in info]
     return [{"name": n, "direction": info[n].get("direction", "higher"), "percent": bool(info[n].get("percent"))}
             for n in names]
 
@@ -128,15 +126,9 @@ def explorer_data(rows: pd.DataFrame, thumbs: dict[str, np.ndarray], metrics: li
             "heads": heads, "tiles": 1 + len(methods)}
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-
-
 def write_explorer(run_dir: str | Path, out_dir: str | Path, headline: list[str]) -> dict | None:
     """Write explorer/ into `out_dir` for the run in `run_dir`; what the page needs to know about it
     ({"images", "methods", "heads", "script"}), or None when the run stored no thumbnails (an older run)."""
-    from ..engine.store import load_results
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     thumbs = load_thumbnails(run_dir)
     if not thumbs:
@@ -150,9 +142,9 @@ def write_explorer(run_dir: str | Path, out_dir: str | Path, headline: list[str]
     methods = [m for m in dict.fromkeys(rows["method"]) if f"saliency|{m}" in thumbs]
     ends = np.cumsum(thumbs["jpeg_length"])
     for row, idx in enumerate(thumbs["index"]):
-        _write_bytes(root / "img" / f"{idx}.jpg", thumbs["jpeg"][ends[row] - thumbs["jpeg_length"][row]:ends[row]].tobytes())
+        (root / "img" / f"{idx}.jpg").write_bytes(thumbs["jpeg"][ends[row] - thumbs["jpeg_length"][row]:ends[row]].tobytes())
         tiles = [truth_levels(thumbs["truth"][row])] + [map_levels(thumbs[f"saliency|{m}"][row]) for m in methods]
-        _write_bytes(root / "map" / f"{idx}.png", png_bytes(np.concatenate(tiles, 1), lut))
+        (root / "map" / f"{idx}.png").write_bytes(png_bytes(np.concatenate(tiles, 1), lut))
     heads = _write_heads(run_dir, root / "heads", lut, set(thumbs["index"].tolist()))
     data = explorer_data(rows, thumbs, explorer_metrics(rows, load_columns(run_dir), headline), heads)
     atomic_write_text(root / "data.js", "window.XBENCH_EXPLORER = " + json.dumps(data, separators=(",", ":")) + ";\n")
@@ -178,7 +170,7 @@ def _write_heads(run_dir: Path, folder: Path, lut: np.ndarray, shown: set[int]) 
             lo, hi = maps.min((1, 2), keepdims=True), maps.max((1, 2), keepdims=True)
             scaled = np.where(hi > lo, (maps - lo) / np.where(hi > lo, hi - lo, 1), 0)
             strip = np.concatenate([map_levels((s * 255 + 0.5).astype(np.uint8)) for s in scaled], 1)
-            _write_bytes(folder / f"{model}_{idx}.png", png_bytes(strip, lut))
+            (folder / f"{model}_{idx}.png").write_bytes(png_bytes(strip, lut))
             entry = written.setdefault(model, {"heads": len(scaled), "images": []})
             entry["images"].append(int(idx))
     return {model: {**entry, "images": sorted(entry["images"])} for model, entry in written.items()}
