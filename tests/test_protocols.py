@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from xbench.metrics import (
     sparseness,
     summarise_box_hits,
 )
+from xbench.metrics.localisation import contour_boxes
 from xbench.metrics.perturbation import gkern
 from xbench.metrics.saliency import NonFiniteMapWarning, prepare
 from xbench.registry import EXPLAINERS, register_explainer
@@ -159,6 +161,30 @@ def test_max_box_acc_binarises_as_wsolevaluation():
     # a constant map keeps nothing: box (0, 0, 0, 0), IoU 1 / (1 + 33 * 33 - 1) with the whole image
     assert not hits["v1"][1].any() and not hits["v2"][1].any()
     assert summarise_box_hits(hits["v1"].numpy(), hits["v2"].numpy()) == {"max_box_acc": 0.5, "max_box_acc_v2": 0.5}
+
+
+def test_contour_boxes_equal_opencvs_area_and_bounding_rect_per_contour():
+    """Thousands of contours per threshold (noise, holes, single pixels and lines): the largest is the
+    first of the largest cv2.contourArea values, each box cv2.boundingRect's extent clipped to the image."""
+    rng = np.random.default_rng(0)
+    noise = (rng.random((64, 80)) * 255).astype(np.uint8)
+    ring = np.zeros((40, 40), np.uint8)
+    ring[5:30, 5:30], ring[10:20, 10:20], ring[35, 2:30], ring[0, 39] = 200, 0, 120, 255
+    seen = 0
+    for image in (noise, ring, cv2.GaussianBlur(noise, (5, 5), 2)):
+        h, w = image.shape
+        for tau in (0.0, 0.3, 0.5, 0.9):
+            _, mask = cv2.threshold(image, int(tau * image.max()), 255, cv2.THRESH_BINARY)
+            contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+            areas = [cv2.contourArea(c) for c in contours]
+            rects = [cv2.boundingRect(c) for c in contours]
+            expected = [[x, y, min(x + bw, w - 1), min(y + bh, h - 1)] for x, y, bw, bh in rects]
+            boxes, largest = contour_boxes(image, tau)
+            assert boxes.tolist() == expected and largest == areas.index(max(areas))
+            seen += len(contours)
+    assert seen > 1000
+    empty = contour_boxes(np.zeros((8, 8), np.uint8), 0.5)
+    assert empty[0].tolist() == [[0, 0, 0, 0]] and empty[1] == 0
 
 
 def test_a_hole_is_a_contour_of_its_own():
