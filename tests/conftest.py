@@ -16,7 +16,9 @@ from xbench.datasets.synth import SynthSettings, generate
 from xbench.train.trainer import train
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist the workers share the cores: one thread each, or they would fight over them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 PRETRAINED_FIXTURES = {"lite0", "pretrained"}  # the real ImageNet network the reference tests run
 
