@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from xbench.config import Config, ConfigError, check_builder_options, load_config, parse_override
+from xbench.coercion import check_builder_options
+from xbench.config import Config, ConfigError, load_config, parse_override
 
 
 def test_defaults_then_recipe_then_file_then_set(tmp_path, monkeypatch):

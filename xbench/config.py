@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .coercion import ConfigError, build_section, coerce, unknown_key_message
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,13 +27,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # baselines): ImageNet's mean colour in pixel space, which is what the published protocols use (zeros
 # after ImageNet normalisation).
 SUBSTRATE = IMAGENET_MEAN
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be applied."""
 
 
 def config_dir() -> Path:
@@ -298,125 +291,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     sections = [f.name for f in dataclasses.fields(Config) if f.name != "explicit"]
     unknown = set(data) - set(sections)
     if unknown:
-        raise ConfigError(_unknown_message("config", sorted(unknown)[0], sections))
-    top = {name: _coerce(data[name], type(getattr(Config, name)), name) for name in ("output_dir", "seed")
+        raise ConfigError(unknown_key_message("config", sorted(unknown)[0], sections))
+    top = {name: coerce(data[name], type(getattr(Config, name)), name) for name in ("output_dir", "seed")
            if name in data}
     model = dict(data.get("model", {}) or {})
-    return Config(dataset=_build(DatasetConfig, data.get("dataset", {}), "dataset"),
+    return Config(dataset=build_section(DatasetConfig, data.get("dataset", {}), "dataset"),
                   model=ModelConfig(name=str(model.pop("name", ModelConfig.name)), options=model),
-                  train=_build(TrainConfig, data.get("train", {}), "train"),
-                  evaluate=_build(EvaluateConfig, data.get("evaluate", {}), "evaluate"), **top)
-
-
-def _unknown_message(section: str, key: str, valid: list[str]) -> str:
-    return f"unknown key {section}.{key}; valid keys of {section}: {', '.join(sorted(valid))}"
-
-
-def _build(cls: type, values: dict[str, Any] | None, section: str) -> Any:
-    import typing
-
-    values = values or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"section {section} must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = _resolved_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(_unknown_message(section, key, list(fields)))
-        target = hints[key]
-        nested = [a for a in (typing.get_args(target) or (target,)) if dataclasses.is_dataclass(a)]
-        if nested and value is not None:  # a section (or an optional one) of its own
-            kwargs[key] = _build(nested[0], value, f"{section}.{key}")
-        else:
-            kwargs[key] = _coerce(value, target, f"{section}.{key}")
-    return cls(**kwargs)
-
-
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check/convert a YAML value to the field's annotated type; raise naming the key."""
-    import types
-    import typing
-
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if hint is Any:
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        items = [_coerce(v, item, key) for v in value]
-        if origin is tuple:
-            if len(args) > 1 and args[-1] is not Ellipsis and len(items) != len(args):
-                raise ConfigError(f"{key} must have {len(args)} values, got {len(items)}")
-            return tuple(items)
-        return items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if value is None or isinstance(value, (dict, list)):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def check_builder_options(builder: Any, options: dict[str, Any], section: str = "model") -> dict[str, Any]:
-    """The options a builder takes, checked against its signature's names and annotated types (as the
-    dataclass sections are): an unknown name is refused with the valid ones, a wrong type with the key."""
-    params = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(options)
-    valid = [n for n, p in params.items() if n != "num_classes" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    for key in options:
-        if key not in valid:
-            raise ConfigError(_unknown_message(section, key, valid))
-    hints = _builder_hints(builder)
-    return {k: _coerce(v, hints[k], f"{section}.{k}") if k in hints and k != "model" else v for k, v in options.items()}
-
-
-def _builder_hints(builder: Any) -> dict[str, Any]:
-    """The builder's annotations resolved (a class: its __init__'s); {} when they cannot be."""
-    import typing
-
-    target = builder.__init__ if inspect.isclass(builder) else builder
-    try:
-        return typing.get_type_hints(target)
-    except Exception:  # annotations naming types the module imports only for type checkers
-        return {}
+                  train=build_section(TrainConfig, data.get("train", {}), "train"),
+                  evaluate=build_section(EvaluateConfig, data.get("evaluate", {}), "evaluate"), **top)

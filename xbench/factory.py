@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import check_builder_options
+from .coercion import check_builder_options
 from .registry import EXPLAINERS, MODELS
 
 

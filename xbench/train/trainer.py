@@ -25,7 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoints import INIT_OPTIONS, checkpoint_payload, load_checkpoint, save_checkpoint
-from ..config import Config, check_builder_options, flatten
+from ..coercion import check_builder_options
+from ..config import Config, flatten
 from ..contracts import arch_options
 from ..datasets import TrainingData, make_loader, training_data
 from ..distributed import Context, EpochSampler, ShardSampler, all_sum, init_distributed, shutdown
