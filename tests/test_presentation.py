@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 
@@ -21,20 +20,14 @@ from PIL import Image
 from xbench.engine.explain import Explanation
 from xbench.metrics import column_table
 from xbench.report import build_leaderboard, terminal_table
-from xbench.report.figures import (
-    draw_curves,
-    draw_dotplot,
-    draw_explanation,
-    draw_heads,
-    draw_qualitative,
-    draw_rank_heatmap,
-    short_class_names,
-)
+from xbench.report.figures import draw_curves, draw_dotplot, draw_qualitative, draw_rank_heatmap
+from xbench.report.heads import draw_explanation, draw_heads, short_class_names
 from xbench.report.html import WEB_WIDTH
 from xbench.report.style import method_styles, overlapping_texts
 from xbench.report.tables import LATEX_PACKAGES, headline_metrics, to_latex
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from .conftest import CHROMIUM
+
 MODELS = ("cnn", "ca_stream", "intr", "vit_small")
 EXPLAINERS = ("gradcam", "gradcampp", "scorecam", "layercam", "integrated_gradients", "rise")
 SCORES = ("insertion", "deletion", "drop", "increase", "gain", "pointing_game_parts", "pointing_game_box",

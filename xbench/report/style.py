@@ -94,3 +94,17 @@ def overlapping_texts(fig: Figure, tolerance: float = 0.5) -> list[tuple[str, st
             if min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance and min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance:
                 pairs.append((texts[i].get_text(), texts[j].get_text()))
     return pairs
+
+
+def overlay(ax, image: np.ndarray, saliency: np.ndarray | None, box: np.ndarray | None = None) -> None:
+    """`image` with `saliency` (jet, half transparent, stretched over it) and `box` rows (xyxy, NaN rows
+    skipped) drawn on `ax`, without ticks."""
+    h, w = image.shape[:2]
+    ax.imshow(image)
+    if saliency is not None:
+        ax.imshow(saliency.astype(np.float32), cmap="jet", alpha=0.5, extent=(0, w, h, 0), interpolation="bilinear")
+    if box is not None:
+        for x1, y1, x2, y2 in box[~np.isnan(box[:, 0])]:
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1.0))
+    ax.set_xticks([])
+    ax.set_yticks([])
