@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 import xbench
 from xbench.checkpoints import checkpoint_payload, save_checkpoint
@@ -18,9 +22,27 @@ from xbench.train.trainer import train
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 # Under pytest-xdist the workers share the cores: one thread each, or they would fight over them.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the xbench processes tests start, too
 
-PRETRAINED_FIXTURES = {"lite0", "pretrained"}  # the real ImageNet network the reference tests run
+PRETRAINED_FIXTURES = {"lite0", "pretrained"}
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The folder `name` as `build(folder)` leaves it, built by the first pytest-xdist worker that asks and read
+    by the others (the workers' temporary folders share a parent); without xdist, a folder of this session.
+    What is built there is read only: a test that changes it works on a copy."""
+    parent = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        parent = parent.parent
+    folder = parent / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder  # the real ImageNet network the reference tests run
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,16 +87,24 @@ def tiny_run_setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reported_run(tiny_run_setup):
+def reported_run(tiny_run_setup, tmp_path_factory):
     """One evaluation of five methods (CAM, both ante-hoc models, two baselines) on the tiny data, and its
-    full report (tables, every figure, report.html): (run directory, what full_report wrote)."""
+    full report (tables, every figure, report.html): (run directory, {"report": report.html, "figures": the
+    figure files}). Built once for all workers (`built_once`)."""
     from xbench.engine.evaluate import evaluate
     from xbench.report import full_report
 
     base, overrides = tiny_run_setup
-    run = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,ca_stream,random,centre"]),
-                   out=base / "report_run", progress=False)
-    return run, full_report(run)
+
+    def build(folder: Path) -> None:
+        run = evaluate(load_config([], overrides + ["evaluate.methods=gradcam,intr,ca_stream,random,centre"]),
+                       out=folder / "run", progress=False)
+        written = full_report(run)
+        (folder / "figures.json").write_text(json.dumps([str(p) for p in written["figures"]]))
+
+    folder = built_once(tmp_path_factory, "reported_run", build)
+    figures = [Path(p) for p in json.loads((folder / "figures.json").read_text())]
+    return folder / "run", {"report": folder / "run" / "report.html", "figures": figures}
 
 
 @pytest.fixture(scope="session")
@@ -98,18 +128,26 @@ def data_overrides(root, settings: SynthSettings) -> list[str]:
     ]
 
 
+LEARNABLE = SynthSettings(classes=4, size=48, train_per_class=100, test_per_class=8, seed=0)
+
+
 @pytest.fixture(scope="session")
 def learnable(tmp_path_factory):
-    """4 classes at 48 px, 100 training images each: enough to beat chance in seconds."""
-    settings = SynthSettings(classes=4, size=48, train_per_class=100, test_per_class=8, seed=0)
-    root = generate(tmp_path_factory.mktemp("learnable") / "data", settings, workers=2, progress=False)
-    return data_overrides(root, settings) + [f"output_dir={tmp_path_factory.mktemp('runs')}"]
+    """4 classes at 48 px, 100 training images each: enough to beat chance in seconds. The data is generated
+    once for all workers; each worker writes its runs to its own output_dir."""
+    data = built_once(tmp_path_factory, "learnable", lambda folder: generate(folder / "data", LEARNABLE, workers=2,
+                                                                             progress=False))
+    return data_overrides(data / "data", LEARNABLE) + [f"output_dir={tmp_path_factory.mktemp('runs')}"]
 
 
 @pytest.fixture(scope="session")
-def trained_cnn(learnable):
-    """A cnn trained on `learnable` (8 epochs): its run summary."""
-    cfg = load_config([], learnable + CNN + [
-        "train.epochs=8", "train.batch_size=16", "train.lr=0.003", "train.warmup_epochs=0",
-        "train.weight_decay=0", "train.label_smoothing=0"])
-    return train(cfg, progress=False)
+def trained_cnn(learnable, tmp_path_factory):
+    """A cnn trained on `learnable` (8 epochs), once for all workers: its run summary."""
+
+    def build(folder: Path) -> None:
+        cfg = load_config([], learnable + CNN + [
+            "train.epochs=8", "train.batch_size=16", "train.lr=0.003", "train.warmup_epochs=0",
+            "train.weight_decay=0", "train.label_smoothing=0", f"output_dir={folder}"])
+        (folder / "summary.json").write_text(json.dumps(train(cfg, progress=False)))
+
+    return json.loads((built_once(tmp_path_factory, "trained_cnn", build) / "summary.json").read_text())

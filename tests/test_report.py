@@ -138,7 +138,8 @@ def test_several_runs_stack_with_a_dataset_column(run, tmp_path):
     assert "synth2" in written[0].read_text()
 
 
-def test_leaderboard_command(run):
+def test_leaderboard_command(run, tmp_path):
+    run = shutil.copytree(run, tmp_path / "run")  # the command writes its tables into the run: not the shared one
     result = CliRunner().invoke(app, ["leaderboard", str(run), "--format", "md,csv"])
     assert result.exit_code == 0, result.output
     assert "insertion ↑" in result.output and "attention@intr" in result.output

@@ -25,7 +25,7 @@ from xbench.engine.store import ResultStore, load_results
 pytestmark = [pytest.mark.kill, pytest.mark.slow]
 
 CNN = ["model.name=cnn", "model.backbone=resnet18", "model.channels=[16,32,64,128]"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "TQDM_DISABLE": "1"}
+ENV = {**os.environ, "TQDM_DISABLE": "1"}  # OMP_NUM_THREADS: as conftest sets it
 
 
 def _xbench(*args: str) -> list[str]:
