@@ -21,8 +21,8 @@ from xbench.engine.explain import Explanation
 from xbench.metrics import column_table
 from xbench.report import build_leaderboard, terminal_table
 from xbench.report.figures import draw_curves, draw_dotplot, draw_qualitative, draw_rank_heatmap
-from xbench.report.heads import draw_explanation, draw_heads, short_class_names
 from xbench.report.html import WEB_WIDTH
+from xbench.report.image_figures import draw_explanation, draw_heads, short_class_names
 from xbench.report.style import method_styles, overlapping_texts
 from xbench.report.tables import LATEX_PACKAGES, headline_metrics, to_latex
 

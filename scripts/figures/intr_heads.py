@@ -4,7 +4,7 @@ import json
 
 from _common import load
 
-from xbench.report.heads import intr_heads_figure
+from xbench.report.image_figures import intr_heads_figure
 
 if __name__ == "__main__":
     args, rows, curves, maps, out = load(__doc__)

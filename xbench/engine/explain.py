@@ -1,6 +1,6 @@
 """`explain_image`: predict one image with a checkpoint's model and explain one class.
 
-The result holds arrays only; `xbench.report.heads.explanation_figure` draws it.
+The result holds arrays only; `xbench.report.image_figures.explanation_figure` draws it.
 """
 
 from __future__ import annotations

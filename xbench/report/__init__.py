@@ -17,7 +17,7 @@ __all__ = ["Leaderboard", "build_leaderboard", "combine", "write_leaderboard", "
            "all_figures",
            "explanation_figure", "write_report", "write_tensorboard", "leaderboard_of", "full_report"]
 
-_LAZY = {"all_figures": ".figures", "explanation_figure": ".heads", "write_report": ".html",
+_LAZY = {"all_figures": ".figures", "explanation_figure": ".image_figures", "write_report": ".html",
          "write_tensorboard": ".tensorboard"}
 
 

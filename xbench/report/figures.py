@@ -9,8 +9,8 @@ that saves it (PNG + PDF) and returns the paths:
 - rank_heatmap: method x metric ranks (1 = best);
 - qualitative: images (a seeded choice plus those whose maps disagree most) x methods, saliency
   overlaid, ground-truth box drawn;
-- heads (heads.py): an image's per-head cross-attention for the true class and the top-k predicted
-  classes (as the INTR paper shows); heads.py also draws what `xbench explain` computed for one image.
+- heads (image_figures.py): an image's per-head cross-attention for the true class and the top-k predicted
+  classes (as the INTR paper shows); image_figures.py also draws what `xbench explain` computed for one image.
 
 ROAR's figure is in roar.py, with its tables.
 
@@ -35,7 +35,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .causal import causal_figures, causal_tables, has_causal  # noqa: E402
-from .heads import intr_heads_figure  # noqa: E402
+from .image_figures import intr_heads_figure  # noqa: E402
 from .leaderboard import ARROW, Leaderboard, bootstrap_weights  # noqa: E402
 from .style import (  # noqa: E402
     BASELINES,
