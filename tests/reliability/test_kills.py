@@ -45,7 +45,8 @@ def _wait_for(condition, timeout: float, what: str, proc=None) -> None:
         if condition():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended (code {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+            said = proc.stderr.read()[-2000:] if proc.stderr else ""
+            raise AssertionError(f"process ended (code {proc.returncode}) before {what}: {said}")
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -148,10 +149,14 @@ def test_a_second_evaluate_on_the_same_directory_is_refused_or_waits(tiny_run_se
         assert second.returncode == 2
         assert f"is in use by pid {os.getpid()}" in second.stderr and "--wait" in second.stderr
         assert not (out / "results.csv").exists()
-        waiter = subprocess.Popen(_eval_args(out, overrides) + ["--wait"], env=ENV, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        time.sleep(3)
-        assert waiter.poll() is None
-    assert waiter.wait(timeout=120) == 0
+        log = tmp_path / "waiter.log"
+        with open(log, "w") as stderr:
+            waiter = subprocess.Popen(_eval_args(out, overrides) + ["--wait"], env=ENV, stdout=subprocess.DEVNULL,
+                                      stderr=stderr, text=True)
+        _wait_for(lambda: "waiting for it to finish" in log.read_text(), 120, "the waiter to say it waits", waiter)
+        assert f"in use by pid {os.getpid()}" in log.read_text()
+        time.sleep(0.5)  # still blocked on the lock, and nothing written
+        assert waiter.poll() is None and not (out / "results.csv").exists()
+    assert waiter.wait(timeout=120) == 0, log.read_text()[-2000:]
     rows = load_results(out)[0]
     assert len(rows) == 12 * 2 and not rows.duplicated(["index", "method"]).any()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -37,6 +38,8 @@ import pandas as pd
 from ..config import flatten
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..provenance import provenance
+
+log = logging.getLogger(__name__)
 
 
 class StoreLocked(RuntimeError):
@@ -69,12 +72,15 @@ class ResultStore:
         fh = open(path, "a+")
         try:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
-                raise StoreLocked(f"{self.root} is in use by {holder}; wait for it to finish, pass --wait, "
-                                  "or evaluate into another --out") from None
+                if not wait:
+                    raise StoreLocked(f"{self.root} is in use by {holder}; wait for it to finish, pass --wait, "
+                                      "or evaluate into another --out") from None
+                log.warning("%s is in use by %s; waiting for it to finish", self.root, holder)
+                fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
