@@ -1,9 +1,15 @@
-"""What every benchmark script shares: the machine line and writing the recorded table."""
+"""What every benchmark script shares: the machine line, writing the recorded table, and running code against
+another checkout of xbench (the baseline of a before/now comparison)."""
 
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -21,3 +27,18 @@ def emit(lines: list[str], out: str | None) -> None:
     if out:
         with open(out, "w") as fh:
             fh.write(report)
+
+
+def run_in_tree(source: Path, code: str, *args: str):
+    """The JSON that `code` prints on its last line, run with `args` in a fresh interpreter that imports xbench from
+    the checkout `source`."""
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True,
+                          cwd=source)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def commit_of(checkout: Path) -> str:
+    """The short commit `checkout` is at ('' when it is not a git checkout)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True,
+                          text=True).stdout.strip()

@@ -14,16 +14,12 @@ The baseline is a checkout of an earlier commit::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from _common import emit, recorded_on
+from _common import commit_of, emit, recorded_on, run_in_tree
 from report_startup import build_run
 
 HERE = Path(__file__).resolve().parent.parent
@@ -46,13 +42,6 @@ else:
 """
 
 
-def measure(source: Path, run: Path, out: Path, what: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(source)}
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(run), str(out), what], capture_output=True, text=True,
-                          env=env, check=True, cwd=source)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="checkout of the xbench to compare with")
@@ -68,11 +57,10 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so both trees see the same machine load
             for task in tasks:
                 for name, source in sources.items():
-                    result = measure(source, run, Path(tmp) / f"{name}_figures", task)
+                    result = run_in_tree(source, MEASURE, str(run), str(Path(tmp) / f"{name}_figures"), task)
                     seconds[task, name].append(result.pop("seconds"))
                     outputs[task, name] = result
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.baseline, capture_output=True,
-                            text=True).stdout.strip()
+    commit = commit_of(args.baseline)
     lines = [
         "# Report figures and MaxBoxAcc", "",
         f"{recorded_on(torch.device('cpu'))}: `all_figures` on a stored run of 120 images x 6 methods (every "

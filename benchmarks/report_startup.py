@@ -12,17 +12,13 @@ commit::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import emit, recorded_on
+from _common import commit_of, emit, recorded_on, run_in_tree
 
 import xbench
 from xbench.checkpoints import checkpoint_payload, save_checkpoint
@@ -57,10 +53,9 @@ def leaderboard_once(source: Path, run: Path, out: Path) -> tuple[float, list[st
             f"    app(['leaderboard', {str(run)!r}, '--format', 'md', '--out', {str(out)!r}])\n"
             "except SystemExit as exit:\n    assert not exit.code\n"
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
-    env = {**os.environ, "PYTHONPATH": str(source)}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=source)
-    return time.perf_counter() - start, json.loads(done.stdout.strip().splitlines()[-1])
+    imported = run_in_tree(source, code)
+    return time.perf_counter() - start, imported
 
 
 def main() -> None:
@@ -80,8 +75,7 @@ def main() -> None:
                 times[name].append(seconds)
         tables = {name: (Path(tmp) / name / "leaderboard.md").read_text() for name in sources}
     median = {name: statistics.median(t) for name, t in times.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.baseline, capture_output=True,
-                            text=True).stdout.strip()
+    commit = commit_of(args.baseline)
     lines = [
         "# `xbench leaderboard` start-up", "",
         f"{recorded_on(torch.device('cpu'))}: a stored run of 120 images x 6 methods (every default metric), "

@@ -26,7 +26,7 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 torch.set_num_threads(THREADS)
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the xbench processes tests start, too
 
-PRETRAINED_FIXTURES = {"lite0", "pretrained"}
+PRETRAINED_FIXTURES = {"lite0", "pretrained"}  # the real ImageNet network the reference tests run
 
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
@@ -42,7 +42,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
             shutil.rmtree(folder, ignore_errors=True)
             build(folder)
             (folder / ".built").touch()
-    return folder  # the real ImageNet network the reference tests run
+    return folder
 
 
 def pytest_collection_modifyitems(config, items):
